@@ -1,0 +1,1 @@
+"""Thin rclpy layer: nodes, message conversions and the demo runner. Everything here needs rclpy."""

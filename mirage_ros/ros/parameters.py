@@ -1,0 +1,81 @@
+"""Declarative ROS parameters: one table per node gives name, default, description, range and
+whether the parameter may change at run time. The node declares them all with descriptors (so
+``ros2 param describe`` explains them) and validates every later set request against the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One parameter: ``choices`` restricts strings, ``low``/``high`` bound numbers (inclusive),
+    ``length`` fixes the size of array parameters, ``check`` is an extra rule returning an error."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: Sequence[str] | None = None
+    length: int | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        description = self.description
+        if self.choices:
+            description += f" One of: {', '.join(self.choices)}."
+        descriptor = ParameterDescriptor(name=self.name, description=description, read_only=self.read_only)
+        if self.low is None or self.high is None or isinstance(self.default, bool):
+            return descriptor
+        if isinstance(self.default, int):
+            descriptor.integer_range = [IntegerRange(from_value=int(self.low), to_value=int(self.high), step=0)]
+        elif isinstance(self.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.low),
+                                                                  to_value=float(self.high), step=0.0)]
+        return descriptor
+
+    def error(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or ``None``. rclpy already enforces types and ranges of
+        scalars; this also covers array elements, string choices and cross-field rules."""
+        values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else [value]
+        if self.length is not None and len(values) != self.length:
+            return f"{self.name} needs {self.length} values, got {len(values)}"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {list(self.choices)}, got {value!r}"
+        for item in values:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if item != item or item in (float("inf"), float("-inf")):
+                    return f"{self.name} must be finite, got {item}"
+                if self.low is not None and item < self.low or self.high is not None and item > self.high:
+                    return f"{self.name} must be within [{self.low}, {self.high}], got {item}"
+        return self.check(value) if self.check else None
+
+
+def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, Any]:
+    """Declare ``specs`` on ``node`` and return their values; raise ``ValueError`` on a bad value
+    (from a params file or the command line), and reject bad ``set_parameters`` calls later."""
+    by_name = {spec.name: spec for spec in specs}
+    node.declare_parameters("", [(spec.name, spec.default, spec.descriptor()) for spec in specs])
+    values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    errors = [error for spec in specs if (error := spec.error(values[spec.name]))]
+    if errors:
+        raise ValueError("invalid parameters: " + "; ".join(errors))
+
+    def on_set(parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            spec = by_name.get(parameter.name)
+            error = spec.error(parameter.value) if spec else None
+            if error:
+                return SetParametersResult(successful=False, reason=error)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    return values

@@ -1,0 +1,140 @@
+"""``make run`` / ``mirage-run``: the simulator node stack without the ros2 CLI.
+
+Starts ``mirage_sim`` with the same ``config/sim.yaml`` the launch file uses, plus a scripted tour
+driver publishing ``cmd_vel``, in one process on the pip-installed ROS 2. Everything goes over real
+topics, so ``ros2 topic echo`` from another shell (where available) sees the same traffic. At the end
+it writes what was published to ``--output`` (odometry as CSV and a top-down picture of the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import rclpy
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from PIL import Image, ImageDraw
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+from mirage_ros.geometry import yaw_of
+from mirage_ros.ros.conversions import pose_to_matrix, seconds_of
+from mirage_ros.ros.sim_node import SimNode
+
+#: (seconds, forward m/s, yaw rate rad/s) segments of the demo tour, repeated.
+TOUR = ((3.0, 0.5, 0.0), (1.5, 0.0, 1.05), (2.0, 0.4, 0.3), (1.0, 0.0, -0.8), (3.0, 0.5, 0.0), (2.0, 0.0, 1.57))
+
+
+def default_config() -> Path:
+    """``config/sim.yaml`` of the source tree (development install) or of the installed share dir."""
+    source_tree = Path(__file__).resolve().parents[2] / "config" / "sim.yaml"
+    if source_tree.exists():
+        return source_tree
+    from ament_index_python.packages import get_package_share_directory
+    return Path(get_package_share_directory("mirage_ros")) / "config" / "sim.yaml"
+
+
+class TourDriver(Node):
+    """Publishes ``cmd_vel`` following ``TOUR`` at 20 Hz (faster than any sane command timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__("mirage_tour_driver")
+        self.publisher = self.create_publisher(Twist, "cmd_vel", 10)
+        self.started = time.monotonic()
+        self.create_timer(0.05, self._publish)
+
+    def _publish(self) -> None:
+        elapsed = (time.monotonic() - self.started) % sum(segment[0] for segment in TOUR)
+        for duration, forward, yaw_rate in TOUR:
+            if elapsed < duration:
+                break
+            elapsed -= duration
+        msg = Twist()
+        msg.linear.x, msg.angular.z = forward, yaw_rate
+        self.publisher.publish(msg)
+
+
+class OdometryLog(Node):
+    """Keeps every odometry message for the report."""
+
+    def __init__(self) -> None:
+        super().__init__("mirage_run_monitor")
+        self.rows: list[tuple[float, float, float, float]] = []
+        self.create_subscription(Odometry, "odom", self._on_odom, 50)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        pose = pose_to_matrix(msg.pose.pose)
+        self.rows.append((seconds_of(msg.header.stamp), pose[0, 3], pose[1, 3], yaw_of(pose[:3, :3])))
+
+
+def draw_path(rows: list[tuple[float, float, float, float]], path: Path, size: int = 400) -> None:
+    """Top-down view of the driven path (start green, end red), metres scaled to fit."""
+    image = Image.new("RGB", (size, size), "white")
+    if rows:
+        xs, ys = [r[1] for r in rows], [r[2] for r in rows]
+        span = max(max(xs) - min(xs), max(ys) - min(ys), 1.0)
+        scale, margin = (size - 40) / span, 20
+
+        def pixel(x: float, y: float) -> tuple[float, float]:
+            return margin + (x - min(xs)) * scale, size - margin - (y - min(ys)) * scale
+
+        draw = ImageDraw.Draw(image)
+        draw.line([pixel(x, y) for x, y in zip(xs, ys)], fill=(40, 90, 200), width=2)
+        for (x, y), colour in (((xs[0], ys[0]), (0, 160, 0)), ((xs[-1], ys[-1]), (200, 0, 0))):
+            u, v = pixel(x, y)
+            draw.ellipse((u - 5, v - 5, u + 5, v + 5), fill=colour)
+        draw.text((8, 4), f"{len(rows)} odometry messages, span {span:.2f} m", fill="black")
+    image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="parameter file (default: config/sim.yaml)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds to run; 0 runs until Ctrl-C")
+    parser.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for the report")
+    args = parser.parse_args(argv)
+    config = args.config or default_config()
+    if not config.is_file():
+        parser.error(f"config file not found: {config}")
+
+    rclpy.init(args=["--ros-args", "--params-file", str(config)])
+    executor = SingleThreadedExecutor()
+    nodes: list[Node] = []
+    try:
+        nodes = [SimNode(), TourDriver(), OdometryLog()]
+        for node in nodes:
+            executor.add_node(node)
+        print(f"mirage-run: simulating with {config} for "
+              f"{'ever (Ctrl-C to stop)' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
+        deadline = math.inf if args.duration <= 0 else time.monotonic() + args.duration
+        next_report = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+            if time.monotonic() >= next_report and nodes[2].rows:
+                _, x, y, yaw = nodes[2].rows[-1]
+                print(f"  step {nodes[0].steps:5d}  x={x:+7.3f} m  y={y:+7.3f} m  yaw={yaw:+6.3f} rad", flush=True)
+                next_report += 2.0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        rows = nodes[2].rows if len(nodes) == 3 else []
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    with open(args.output / "odometry.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("stamp_s", "x_m", "y_m", "yaw_rad"))
+        writer.writerows(rows)
+    draw_path(rows, args.output / "path.png")
+    print(f"mirage-run: {len(rows)} odometry messages -> {args.output}/odometry.csv, {args.output}/path.png")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Test setup shared by all tests: ROS traffic stays on this machine, in a DDS domain of its own.
+
+Every ROS test talks between separate processes over loopback
+(``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), in a ``ROS_DOMAIN_ID`` picked per test run among the
+domains nobody on this machine is using, so parallel runs never see each other's topics.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def _domain_in_use(domain_id: int) -> bool:
+    # Fast DDS's first participant of a domain binds unicast port 7410 + 250 * domain_id.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", 7410 + 250 * domain_id))
+        except OSError:
+            return True
+    return False
+
+
+def _pick_domain_id() -> int:
+    start = os.getpid() % 100
+    for offset in range(100):
+        candidate = 1 + (start + offset) % 100
+        if not _domain_in_use(candidate):
+            return candidate
+    raise RuntimeError("no free ROS_DOMAIN_ID between 1 and 100 on this machine")
+
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.pop("ROS_LOCALHOST_ONLY", None)
+os.environ.pop("ROS_STATIC_PEERS", None)
+os.environ["ROS_DOMAIN_ID"] = str(_pick_domain_id())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"

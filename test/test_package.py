@@ -1,0 +1,76 @@
+"""What a colcon build and `ros2 launch` rely on: package.xml, the install rules and the files they name.
+
+`ros2 launch` itself is not installable on our machines; these checks cover everything it relies on.
+"""
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import yaml
+from catkin_pkg.package import parse_package
+
+from mirage_ros.ros.sim_node import PARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_package_xml_is_format_3_and_declares_what_the_code_imports():
+    package = parse_package(str(ROOT / "package.xml"))
+    assert package.package_format == 3 and package.name == "mirage_ros"
+    package.validate()
+    depends = {d.name for d in package.build_depends + package.exec_depends + package.buildtool_depends}
+    for needed in ("rclpy", "std_msgs", "geometry_msgs", "nav_msgs", "sensor_msgs", "rosgraph_msgs",
+                   "rosidl_default_generators", "rosidl_default_runtime", "launch", "launch_ros",
+                   "python3-numpy", "python3-transforms3d", "python3-torch"):
+        assert needed in depends, needed
+    assert "rosidl_interface_packages" in {g.name for g in package.member_of_groups}
+    assert package.get_build_type() == "ament_cmake"
+
+
+def test_cmake_installs_interfaces_package_executables_launch_and_config():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    messages = sorted(f"msg/{p.name}" for p in (ROOT / "msg").glob("*.msg"))
+    assert messages and all(f'"{m}"' in cmake for m in messages)
+    assert "DESTINATION lib/${PROJECT_NAME}" in cmake
+    assert re.search(r"install\(DIRECTORY launch config DESTINATION share/\$\{PROJECT_NAME\}\)", cmake)
+    assert "DESTINATION ${PYTHON_INSTALL_DIR}/${PROJECT_NAME}" in cmake
+
+
+def test_executables_exist_and_run_the_node_main():
+    scripts = {p.name: p for p in (ROOT / "scripts").iterdir()}
+    assert "mirage_sim" in scripts
+    for path in scripts.values():
+        assert os.access(path, os.X_OK), f"{path} is not executable"
+        assert path.read_text().startswith("#!/usr/bin/env python3")
+        ast.parse(path.read_text())
+
+
+def test_launch_file_names_installed_executables_and_config():
+    tree = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    executables = {kw.value.value for call in calls for kw in call.keywords if kw.arg == "executable"}
+    assert executables <= {p.name for p in (ROOT / "scripts").iterdir()}
+    arguments = {call.args[0].value for call in calls
+                 if getattr(call.func, "id", None) == "DeclareLaunchArgument"}
+    assert {"config", "namespace", "use_sim_time"} <= arguments
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    assert "sim.yaml" in strings and (ROOT / "config" / "sim.yaml").is_file()
+
+
+def test_sim_yaml_sets_every_declared_parameter_and_nothing_else():
+    document = yaml.safe_load((ROOT / "config" / "sim.yaml").read_text())
+    (node_key, body), = document.items()
+    assert node_key.endswith("mirage_sim")
+    values = body["ros__parameters"]
+    assert set(values) == {spec.name for spec in PARAMETERS}
+    for spec in PARAMETERS:
+        assert spec.error(values[spec.name]) is None, spec.name
+
+
+def test_console_scripts_point_at_existing_functions():
+    setup_source = (ROOT / "setup.py").read_text()
+    for module, function in re.findall(r"= (mirage_ros[\w.]+):(\w+)", setup_source):
+        source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
+        assert f"def {function}(" in source, f"{module}:{function}"
