@@ -59,7 +59,7 @@ step "point the ROS wheels' CMake exports at this interpreter" \
 # and numpy include directories. Rewrite them once to this venv's (idempotent: nothing matches after).
 py_include=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 np_include=$("$PY" -c 'import numpy; print(numpy.get_include())')
-grep -rlZ --include='*.cmake' '/opt/python/cp3' "$VENV/share" 2>/dev/null \
+{ grep -rlZ --include='*.cmake' '/opt/python/cp3' "$VENV/share" || true; } \
   | xargs -0 -r sed -i -E \
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$np_include#g" \
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$py_include#g"
