@@ -1,0 +1,64 @@
+"""Image and depth metrics for evaluation, on numpy arrays as the renderer and ``WorldModel`` return them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _as_float_image(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H,W,3]`` (or float in [0,1]) -> float64 ``[1,3,H,W]`` in [0, 1]."""
+    array = np.asarray(image)
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    return torch.from_numpy(array.astype(np.float64) / scale).permute(2, 0, 1)[None]
+
+
+def psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 255] (uint8) or [0, 1]; ``mask [H,W]``
+    restricts it to some pixels. Identical images give ``inf``."""
+    a, b = _as_float_image(image), _as_float_image(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    error = (a - b) ** 2
+    if mask is not None:
+        weights = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None].expand_as(error)
+        if not weights.any():
+            raise ValueError("psnr mask selects no pixel")
+        mse = float(error[weights].mean())
+    else:
+        mse = float(error.mean())
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def ssim(image: np.ndarray, reference: np.ndarray, window: int = 7, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al. 2004) with a Gaussian window, over RGB channels."""
+    a, b = _as_float_image(image), _as_float_image(reference)
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    kernel_1d = torch.exp(-coords**2 / (2 * sigma**2))
+    kernel_1d /= kernel_1d.sum()
+    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(3, 1, window, window)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=3)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(value.mean())
+
+
+def depth_abs_rel(depth: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean ``|d - d_ref| / d_ref`` over pixels where both depths are valid (finite, positive)."""
+    depth, reference = np.asarray(depth, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    valid = np.isfinite(depth) & np.isfinite(reference) & (depth > 0) & (reference > 0)
+    if mask is not None:
+        valid &= np.asarray(mask, dtype=bool)
+    if not valid.any():
+        raise ValueError("no pixel has a valid depth in both maps")
+    return float(np.mean(np.abs(depth[valid] - reference[valid]) / reference[valid]))
