@@ -31,7 +31,7 @@ def test_package_xml_is_format_3_and_declares_what_the_code_imports():
 
 def test_cmake_installs_interfaces_package_executables_launch_and_config():
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    messages = sorted(f"msg/{p.name}" for p in (ROOT / "msg").glob("*.msg"))
+    messages = sorted(f"{p.parent.name}/{p.name}" for p in [*(ROOT / "msg").glob("*.msg"), *(ROOT / "srv").glob("*.srv")])
     assert messages and all(f'"{m}"' in cmake for m in messages)
     assert "DESTINATION lib/${PROJECT_NAME}" in cmake
     assert re.search(r"install\(DIRECTORY launch config DESTINATION share/\$\{PROJECT_NAME\}\)", cmake)

@@ -64,9 +64,9 @@ np_include=$("$PY" -c 'import numpy; print(numpy.get_include())')
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$np_include#g" \
       -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$py_include#g"
 
-step "build the interfaces in msg/ into the venv (rosidl)" \
+step "build the interfaces in msg/ and srv/ into the venv (rosidl)" \
   "See the CMake output above; 'rm -rf build $STAMPS' and re-run make setup for a clean build."
-hash=$(inputs_hash "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" <(echo "$VENV"))
+hash=$(inputs_hash "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "$ROOT/package.xml" <(echo "$VENV"))
 if ! up_to_date interfaces "$hash"; then
   mkdir -p "$BUILD"
   (cd "$BUILD" && PATH="$VENV/bin:$PATH" cmake "$ROOT" -DCMAKE_INSTALL_PREFIX="$VENV" \
@@ -90,5 +90,5 @@ if ! up_to_date package "$hash"; then
 fi
 
 step "check the installation" "Re-run make setup; if it persists, 'rm -rf $VENV build' and start over."
-(cd /tmp && "$PY" -c 'import rclpy, torch, diffusers, mujoco, transforms3d, rosbags; from mirage_ros.msg import SimStatus')
+(cd /tmp && "$PY" -c 'import rclpy, torch, diffusers, mujoco, transforms3d, rosbags; from mirage_ros.msg import SimStatus; from mirage_ros.srv import Reset')
 echo "setup: done. Python: $PY"
