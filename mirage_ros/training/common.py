@@ -1,0 +1,85 @@
+"""Pieces shared by the training CLIs: accelerate setup, the resumable loop, logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from diffusers import ModelMixin
+from tqdm import tqdm
+
+from mirage_ros.training.state import has_checkpoint, load_training_state, save_training_state
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="dataset directory (mirage-dataset output)")
+    parser.add_argument("--output", type=Path, required=True, help="run directory (checkpoints, log.jsonl)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps in total")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (and at the end)")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="bf16",
+                        help="autocast precision (bf16 runs fast on AVX-512 CPUs and modern GPUs)")
+    parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
+
+
+def infinite(loader: torch.utils.data.DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def learning_rate_factor(step: int, total: int, warmup: int = 100) -> float:
+    """Linear warm-up, then linear decay to 5 % of the base rate at the last step."""
+    return min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - step / max(total, 1))
+
+
+def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.data.DataLoader,
+               loss_fn: Callable[[ModelMixin, dict], tuple[torch.Tensor, dict[str, float]]],
+               description: str) -> ModelMixin:
+    """Run (or resume) ``args.steps`` optimizer steps of ``loss_fn`` on ``loader`` batches.
+
+    Resumes from ``args.output/checkpoint`` when present; writes a checkpoint every ``save_every``
+    steps and at the end, and one JSON line of losses every ``log_every`` steps to ``log.jsonl``.
+    """
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    start = 0
+    if has_checkpoint(args.output):
+        start = load_training_state(args.output, model, optimizer)["step"]
+        accelerator.print(f"resuming {description} from step {start}")
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    args.output.mkdir(parents=True, exist_ok=True)
+    batches = infinite(loader)
+    progress = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=description,
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    started = time.time()
+    with open(args.output / "log.jsonl", "a") as log:
+        for step in progress:
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * learning_rate_factor(step, args.steps)
+            with accelerator.autocast():
+                loss, parts = loss_fn(model, next(batches))
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % args.log_every == 0 or done == args.steps:
+                record = {"step": done, "loss": float(loss), **parts, "lr": optimizer.param_groups[0]["lr"],
+                          "elapsed_s": round(time.time() - started, 1)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                progress.set_postfix(loss=f"{float(loss):.4f}")
+            if done % args.save_every == 0 or done == args.steps:
+                save_training_state(args.output, accelerator.unwrap_model(model), optimizer, done,
+                                    {"args": {k: str(v) for k, v in vars(args).items()}})
+    return accelerator.unwrap_model(model)
