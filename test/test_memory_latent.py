@@ -1,0 +1,212 @@
+"""LatentSpatialMemory against analytic scenes (exact ray-cast depth of boxes)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_ros.camera import PinholeCamera
+from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
+from scenes import box_depth, look_at
+
+CAMERA = PinholeCamera.from_hfov(128, 128, math.pi / 2)
+ROOM = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
+BOX = ((1.5, -0.5, 0.0), (2.5, 0.5, 1.2))
+A = look_at((-2.0, 0.0, 1.0), (5.0, 0.0, 1.0))
+B = look_at((-1.0, 0.5, 1.0), (5.0, 0.5, 1.0))
+EXACT = LatentMemoryConfig(feature_dtype="float32", max_splat_radius=0)
+
+
+def depth_at(pose: np.ndarray) -> np.ndarray:
+    return box_depth([ROOM, BOX], pose, CAMERA.K, 128, 128)
+
+
+def latent(seed: int = 0, channels: int = 8) -> torch.Tensor:
+    return torch.randn(channels, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def patch_range(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max true depth inside each latent pixel's 8x8 image patch."""
+    cells = depth.reshape(16, 8, 16, 8).transpose(0, 2, 1, 3).reshape(16, 16, 64)
+    return np.nanmin(cells, -1), np.nanmax(cells, -1)
+
+
+@pytest.mark.parametrize("feature_dtype", ["float32", "float16"])
+def test_write_then_read_at_the_same_view_is_exact(feature_dtype):
+    memory = LatentSpatialMemory(LatentMemoryConfig(feature_dtype=feature_dtype, max_splat_radius=0))
+    features = latent().to(getattr(torch, feature_dtype)).float()  # values the storage holds exactly
+    depth = depth_at(A)
+    depth[:40, :36] = np.nan  # no depth there: those tokens must not exist
+    memory.write(features, depth, CAMERA.K, A)
+    read = memory.read(A, CAMERA.K, (16, 16))
+    valid_share = (~np.isnan(depth)).reshape(16, 8, 16, 8).transpose(0, 2, 1, 3).reshape(16, 16, 64).mean(-1)
+    expected = valid_share >= 0.25  # the configured minimum share of valid pixels per token
+    assert not expected.all()
+    np.testing.assert_array_equal(read.coverage.numpy(), expected)
+    assert torch.equal(read.latent[:, read.coverage], features[:, read.coverage])
+    assert torch.all(read.latent[:, ~read.coverage] == 0) and torch.isnan(read.depth[~read.coverage]).all()
+
+
+def test_read_from_another_view_has_true_depth_and_correct_occlusion():
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(), depth_at(A), CAMERA.K, A)
+    read = memory.read(B, CAMERA.K, (16, 16))
+    low, high = patch_range(depth_at(B))
+    depth, covered = read.depth.numpy(), read.coverage.numpy()
+    assert covered.mean() > 0.3
+    # Every covered latent pixel shows a depth that exists in its patch in B's true depth (within 1 %).
+    assert np.all((depth[covered] >= low[covered] * 0.99) & (depth[covered] <= high[covered] * 1.01))
+    # Where the box fills a whole patch in B, the box is what the memory shows (the wall is hidden).
+    box_only = high <= 3.6  # box front face at x = 1.5 is 2.5 m from B; the wall is 6 m away
+    assert box_only.any() and np.all(depth[box_only & covered] < 3.6)
+
+
+def test_a_surface_seen_from_behind_is_not_shown_through_the_object():
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(), depth_at(A), CAMERA.K, A)
+    behind = look_at((4.0, 0.0, 1.0), (-5.0, 0.0, 1.0))  # past the box, looking back at it
+    read = memory.read(behind, CAMERA.K, (16, 16))
+    # The box front face (plane x = 1.5) faces away from this camera: no shown point may lie on it.
+    points = shown_points(read, behind)
+    on_front_face = (np.abs(points[:, 0] - 1.5) < 0.05) & (np.abs(points[:, 1]) < 0.45) & (points[:, 2] < 1.15)
+    assert len(points) > 50 and not on_front_face.any()
+    # Without the normal test the same memory would show it (the check above can fail).
+    memory.normals = -memory.normals
+    assert ((np.abs(shown_points(memory.read(behind, CAMERA.K, (16, 16)), behind)[:, 0] - 1.5) < 0.05)).any()
+
+
+def shown_points(read, pose: np.ndarray) -> np.ndarray:
+    """World points of the covered latent pixels (pixel-centre ray at the read depth)."""
+    K = CAMERA.resized(16, 16).K
+    v, u = np.nonzero(read.coverage.numpy())
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T
+    camera = rays * read.depth.numpy()[v, u, None]
+    return camera @ pose[:3, :3].T + pose[:3, 3]
+
+
+def test_edge_tokens_sit_on_the_foreground_not_between_surfaces():
+    memory = LatentSpatialMemory(EXACT)
+    depth = depth_at(A)
+    memory.write(latent(), depth, CAMERA.K, A)
+    read = memory.read(A, CAMERA.K, (16, 16))
+    # Patches that hold both box (foreground) and room (background) pixels.
+    box = box_depth([BOX], A, CAMERA.K, 128, 128)
+    on_box = np.isfinite(box) & (box <= depth + 1e-6)
+    cells = lambda x: x.reshape(16, 8, 16, 8).transpose(0, 2, 1, 3).reshape(16, 16, 64)
+    share = cells(on_box).mean(-1)
+    box_cells = np.where(cells(on_box), cells(depth), np.inf)
+    box_low, box_high = box_cells.min(-1), np.where(np.isfinite(box_cells), box_cells, -np.inf).max(-1)
+    # ... where the box is the nearest surface of the patch (at its base the floor is nearer).
+    box_in_front = box_low <= np.nanmin(cells(depth), -1) * 1.001
+    edges = (share > 0) & (share < 1) & box_in_front & read.coverage.numpy()
+    assert edges.sum() >= 4
+    shown = read.depth.numpy()[edges]
+    assert np.all((shown >= box_low[edges] * 0.99) & (shown <= box_high[edges] * 1.01))
+
+
+def test_reads_are_bit_identical_run_to_run():
+    reads = []
+    for _ in range(2):
+        memory = LatentSpatialMemory()
+        memory.write(latent(1), depth_at(A), CAMERA.K, A)
+        memory.write(latent(2), depth_at(B), CAMERA.K, B)
+        reads.append(memory.read(look_at((0.0, -0.5, 1.2), (5.0, 1.0, 1.0)), CAMERA.K, (16, 16)))
+    assert torch.equal(reads[0].latent, reads[1].latent)
+    assert torch.equal(reads[0].coverage, reads[1].coverage)
+    assert torch.equal(torch.nan_to_num(reads[0].depth), torch.nan_to_num(reads[1].depth))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cpu_and_cuda_agree():
+    results = []
+    for device in ("cpu", "cuda"):
+        memory = LatentSpatialMemory(device=device)
+        memory.write(latent(1).to(device), depth_at(A), CAMERA.K, A)
+        memory.write(latent(2).to(device), depth_at(B), CAMERA.K, B)
+        read = memory.read(look_at((0.0, -0.5, 1.2), (5.0, 1.0, 1.0)), CAMERA.K, (16, 16))
+        results.append((read.latent.cpu(), read.coverage.cpu()))
+    assert torch.equal(results[0][1], results[1][1])
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-3)
+
+
+def test_fusion_keeps_the_token_count_when_a_view_is_written_again():
+    memory = LatentSpatialMemory()
+    depth = depth_at(A)
+    for _ in range(100):
+        memory.write(latent(), depth, CAMERA.K, A)
+    once = LatentSpatialMemory()
+    once.write(latent(), depth_at(A), CAMERA.K, A)
+    assert memory.stats().tokens == once.stats().tokens
+    assert memory.stats().observations == 100 * once.stats().observations
+
+
+def test_bytes_stay_flat_while_driving_around_a_room():
+    camera = PinholeCamera.from_hfov(64, 64, math.pi / 2)  # 8x8 latents keep 1000 steps fast
+    memory = LatentSpatialMemory()
+    sizes = []
+    for step in range(1000):
+        angle = 2 * math.pi * step / 250  # four laps
+        position = (1.5 * math.cos(angle), 1.5 * math.sin(angle), 1.0 + 0.2 * math.sin(3 * angle))
+        target = (position[0] + math.cos(angle + 1.2), position[1] + math.sin(angle + 1.2), 1.0)
+        pose = look_at(position, target)
+        features = torch.randn(8, 8, 8, generator=torch.Generator().manual_seed(step))
+        memory.write(features, box_depth([ROOM, BOX], pose, camera.K, 64, 64), camera.K, pose)
+        sizes.append(memory.stats().bytes)
+    explored = np.array(sizes[250:])  # after the first lap
+    assert explored.max() <= explored[0] * 1.1 and explored.min() >= explored[0] * 0.9
+
+
+def test_capacity_evicts_least_recently_seen():
+    memory = LatentSpatialMemory(LatentMemoryConfig(capacity=300))
+    memory.write(latent(1), depth_at(A), CAMERA.K, A)
+    memory.write(latent(2), depth_at(B), CAMERA.K, B)
+    assert memory.stats().tokens == 300
+    # The most recent view is fully kept.
+    assert memory.read(B, CAMERA.K, (16, 16)).coverage_fraction > 0.9
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    memory = LatentSpatialMemory()
+    memory.write(latent(1), depth_at(A), CAMERA.K, A)
+    memory.write(latent(2), depth_at(B), CAMERA.K, B)
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    before = memory.read(A, CAMERA.K, (16, 16))
+    loaded = LatentSpatialMemory()
+    loaded.load(path)
+    after = loaded.read(A, CAMERA.K, (16, 16))
+    assert torch.equal(before.latent, after.latent) and torch.equal(before.coverage, after.coverage)
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    state = loaded.stats()
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        loaded.load(truncated)
+    assert loaded.stats() == state
+    other = LatentSpatialMemory(LatentMemoryConfig(voxel_size=0.1))
+    with pytest.raises(ValueError, match="voxel_size"):
+        other.load(path)
+    with pytest.raises(ValueError, match="not found"):
+        loaded.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(depth=np.full((128, 128), np.nan, np.float32)), "no valid pixel"),
+    (dict(depth=np.full((128, 128), np.inf, np.float32)), "inf"),
+    (dict(depth=np.ones((64, 64), np.float32)), "depth must have shape"),
+    (dict(latent=torch.full((8, 16, 16), float("nan"))), "latent contains NaN"),
+    (dict(latent=torch.zeros((4, 16, 16))), "channels"),
+    (dict(K=np.zeros((3, 3))), "K"),
+    (dict(K=np.full((3, 3), np.nan)), "K"),
+    (dict(pose=np.full((4, 4), np.nan)), "cam_to_world"),
+    (dict(valid=np.ones((128, 128), np.float32)), "valid"),
+])
+def test_bad_input_raises_and_changes_nothing(change, message):
+    memory = LatentSpatialMemory()
+    memory.write(latent(), depth_at(A), CAMERA.K, A)
+    before = memory.stats()
+    args = dict(latent=latent(3), depth=depth_at(B), K=CAMERA.K, pose=B, valid=None) | change
+    with pytest.raises(ValueError, match=message):
+        memory.write(args["latent"], args["depth"], args["K"], args["pose"], valid=args["valid"])
+    assert memory.stats() == before
