@@ -28,19 +28,26 @@ def test_render_at_the_written_view_returns_the_image():
     assert memory.bytes == 64 * 64 * 15
 
 
-def test_it_appends_and_occludes():
-    depth = box_depth([ROOM, BOX], A, CAMERA.K, 64, 64)
+def test_it_appends_and_the_nearest_point_wins():
     memory = ExplicitPointCloudMemory()
-    white = torch.ones(3, 64, 64)
-    memory.write(white, depth, CAMERA.K, A)
-    memory.write(white, depth, CAMERA.K, A)
-    assert memory.bytes == 2 * 64 * 64 * 15  # no fusion: the baseline grows with every frame
-    closer = look_at((0.0, 0.0, 1.0), (5.0, 0.0, 1.0))
-    read = memory.read(closer, CAMERA.K, (64, 64))
-    truth = box_depth([ROOM, BOX], closer, CAMERA.K, 64, 64)
+    room = box_depth([ROOM], A, CAMERA.K, 64, 64)
+    box = box_depth([BOX], A, CAMERA.K, 64, 64)
+    memory.write(torch.ones(3, 64, 64), room, CAMERA.K, A)        # white room, as if the box were absent
+    memory.write(torch.zeros(3, 64, 64), box, CAMERA.K, A)        # black box, written afterwards
+    assert memory.bytes == (64 * 64 + int(np.isfinite(box).sum())) * 15  # no fusion: it only grows
+    side = look_at((-2.0, 0.4, 1.1), (5.0, 0.0, 1.0))
+    read = memory.read(side, CAMERA.K, (64, 64))
+    truth_box = box_depth([BOX], side, CAMERA.K, 64, 64)
+    truth_all = box_depth([ROOM, BOX], side, CAMERA.K, 64, 64)
+    box_in_front = np.isfinite(truth_box) & (truth_box <= truth_all + 1e-6)
+    shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    interior = np.logical_and.reduce([np.roll(box_in_front, s, (0, 1)) for s in shifts])  # 2 px inside
+    near_box = np.logical_or.reduce([np.roll(box_in_front, s, (0, 1)) for s in shifts])   # within 2 px
+    shown = read.latent.numpy()[0]
     covered = read.coverage.numpy()
-    # Nearest point wins: wherever a pixel is covered its depth is no farther than some true surface.
-    assert np.all(read.depth.numpy()[covered] <= truth[covered] * 1.15)
+    assert (interior & covered).sum() > 20
+    assert np.all(shown[interior & covered] == 0.0)              # the box hides the wall behind it
+    assert np.all(shown[~near_box & covered] == 1.0)                # elsewhere the room shows
 
 
 def test_bad_input():
