@@ -138,7 +138,7 @@ class WorldModel:
         if memory == "latent":
             self.memory = LatentSpatialMemory(memory_config, device=self.device)
         elif memory == "explicit":
-            self.memory = ExplicitPointCloudMemory(device=self.device)
+            self.memory = ExplicitPointCloudMemory(device=self.device, splat_radius=1)
         else:
             self.memory = None
         self.K: np.ndarray | None = None
@@ -168,8 +168,9 @@ class WorldModel:
         root.mkdir(parents=True, exist_ok=True)
         for name, component in (("autoencoder", self.autoencoder), ("denoiser", self.denoiser)):
             original = next(component.parameters()).dtype
-            component.to(dtype).save_pretrained(root / name, safe_serialization=True)
-            component.to(original)
+            # nn.Module.to: every weight is cast (diffusers' own .to() warns about mixed-precision modules).
+            torch.nn.Module.to(component, dtype).save_pretrained(root / name, safe_serialization=True)
+            torch.nn.Module.to(component, original)
         settings = {"format_version": 1, "image_size": list(self.image_size), "sampling": asdict(self.sampling)}
         (root / "world_model.json").write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -265,13 +266,11 @@ class WorldModel:
                               pixel_coverage)
         # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
         render = self.memory.read(cam_to_world, self.K, self.image_size)
-        rgb = render.latent.float()
-        depth = torch.where(render.coverage, torch.nan_to_num(render.depth), torch.zeros_like(render.depth))
-        latent = self.autoencoder.encode(rgb[None], depth[None])[0]
+        latent = self.autoencoder.encode(render.latent.float()[None], render.depth[None])[0]  # NaN depth = far
         factor = self.autoencoder.downsample_factor
         token_coverage = F.avg_pool2d(render.coverage[None, None].float(), factor)[0, 0] >= 0.999
-        token_depth = -F.max_pool2d(-torch.where(render.coverage, depth, torch.full_like(depth, 1e9))[None, None],
-                                    factor)[0, 0]
+        nearest = torch.where(render.coverage, render.depth, torch.full_like(render.depth, 1e9))
+        token_depth = -F.max_pool2d(-nearest[None, None], factor)[0, 0]
         return MemoryView(latent, token_coverage, torch.where(token_coverage, token_depth, torch.zeros_like(token_depth)),
                           render.coverage)
 

@@ -35,8 +35,9 @@ def infinite(loader: torch.utils.data.DataLoader) -> Iterator:
         yield from loader
 
 
-def learning_rate_factor(step: int, total: int, warmup: int = 100) -> float:
-    """Linear warm-up, then linear decay to 5 % of the base rate at the last step."""
+def learning_rate_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 10 % of steps (at most 100), then linear decay to 5 % at the end."""
+    warmup = min(100, max(1, total // 10))
     return min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - step / max(total, 1))
 
 
@@ -66,8 +67,9 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * learning_rate_factor(step, args.steps)
+            batch = next(batches)  # drawn outside autocast: data preparation runs in full precision
             with accelerator.autocast():
-                loss, parts = loss_fn(model, next(batches))
+                loss, parts = loss_fn(model, batch)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -1,0 +1,79 @@
+"""Encode a dataset split once with a frozen autoencoder: the denoiser trains on these latents.
+
+For every sequence: latents ``[T,C,h,w]`` (posterior mode, scaled) and the depth the autoencoder's
+decoder reconstructs from them ``[T,H,W]``: memories in training are placed with the model's own
+depth, as they are at inference. Cached as one safetensors file (fp16) keyed by the autoencoder's
+weights, so a different autoencoder never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from mirage_ros.model.autoencoder import RGBDAutoencoder
+from mirage_ros.training.samples import LatentSequences
+from mirage_ros.worlds.dataset import SequenceDataset
+
+
+def autoencoder_fingerprint(autoencoder: RGBDAutoencoder) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digest.update(str(sorted(autoencoder.config.items())).encode())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_sequences(autoencoder: RGBDAutoencoder, sequences: SequenceDataset, batch_size: int = 32
+                     ) -> LatentSequences:
+    autoencoder.eval()
+    latents, depths, intrinsics, poses = [], [], [], []
+    for index in tqdm(range(len(sequences)), desc=f"encoding {sequences.folder.name}", unit="sequence"):
+        item = sequences[index]
+        rgb = item["rgb"].permute(0, 3, 1, 2).float() / 255.0
+        sequence_latents, sequence_depths = [], []
+        for start in range(0, len(rgb), batch_size):
+            chunk = slice(start, start + batch_size)
+            latent = autoencoder.encode(rgb[chunk], item["depth"][chunk].float())
+            sequence_latents.append(latent)
+            sequence_depths.append(autoencoder.decode(latent)[1])
+        latents.append(torch.cat(sequence_latents).half())
+        depths.append(torch.cat(sequence_depths).half())
+        intrinsics.append(item["K"].numpy())
+        poses.append(item["cam_to_world"].numpy())
+    return LatentSequences(latents, depths, intrinsics, poses)
+
+
+def load_or_build_latent_sequences(autoencoder: RGBDAutoencoder, data: Path, split: str, cache: Path) -> LatentSequences:
+    """The split's latent sequences, from ``cache`` when it was built by this very autoencoder."""
+    fingerprint = autoencoder_fingerprint(autoencoder)
+    if cache.is_file():
+        with safe_open(str(cache), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("autoencoder") == fingerprint and metadata.get("split") == split:
+                count = int(metadata["sequences"])
+                get = handle.get_tensor
+                return LatentSequences([get(f"latent.{i}") for i in range(count)],
+                                       [get(f"depth.{i}") for i in range(count)],
+                                       [get(f"K.{i}").numpy() for i in range(count)],
+                                       [get(f"pose.{i}").numpy() for i in range(count)])
+    sequences = encode_sequences(autoencoder, SequenceDataset(data, split))
+    tensors = {}
+    for i in range(len(sequences)):
+        tensors[f"latent.{i}"] = sequences.latents[i].contiguous()
+        tensors[f"depth.{i}"] = sequences.depths[i].contiguous()
+        tensors[f"K.{i}"] = torch.from_numpy(sequences.intrinsics[i])
+        tensors[f"pose.{i}"] = torch.from_numpy(sequences.poses[i])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial")
+    save_file(tensors, str(partial), metadata={"autoencoder": fingerprint, "split": split,
+                                               "sequences": str(len(sequences))})
+    partial.replace(cache)
+    return sequences

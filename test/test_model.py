@@ -1,0 +1,130 @@
+"""World model: shapes, determinism, checkpoints, training smoke runs, the shipped checkpoint."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_ros.camera import PinholeCamera
+from mirage_ros.model import DEFAULT_CHECKPOINT, MemoryConditionedDenoiser, RGBDAutoencoder, load_component
+from mirage_ros.model.world_model import MEMORY_KINDS, SamplingConfig, WorldModel
+from scenes import box_depth, look_at
+
+CAMERA = PinholeCamera.from_hfov(64, 64, math.pi / 2)
+ROOM = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
+BOX = ((1.5, -0.5, 0.0), (2.5, 0.5, 1.2))
+START = look_at((-2.0, 0.0, 1.0), (5.0, 0.0, 1.0))
+
+
+def tiny_model(memory: str = "latent", seed: int = 0) -> WorldModel:
+    torch.manual_seed(0)
+    autoencoder = RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16))
+    denoiser = MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32))
+    return WorldModel(autoencoder, denoiser, (64, 64), memory=memory, sampling=SamplingConfig(num_inference_steps=2),
+                      seed=seed)
+
+
+def observation() -> tuple[np.ndarray, np.ndarray]:
+    depth = box_depth([ROOM, BOX], START, CAMERA.K, 64, 64)
+    rgb = (np.clip(depth / 8.0, 0, 1)[..., None] * np.array([255, 180, 90])).astype(np.uint8)
+    return rgb, depth
+
+
+def poses(count: int) -> list[np.ndarray]:
+    return [look_at((-2.0 + 0.1 * t, 0.05 * t, 1.0), (5.0, 0.3 * t, 1.0)) for t in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("memory", MEMORY_KINDS)
+def test_step_shapes_and_types(memory):
+    model = tiny_model(memory)
+    rgb, depth = observation()
+    model.reset(rgb, depth, CAMERA.K, START)
+    for pose in poses(2):
+        result = model.step(pose)
+    assert result.rgb.shape == (64, 64, 3) and result.rgb.dtype == np.uint8
+    assert result.depth.shape == (64, 64) and result.depth.dtype == np.float32
+    assert np.all(np.isfinite(result.depth)) and np.all(result.depth > 0)
+    assert 0.0 <= result.coverage <= 1.0 and result.timings.total > 0
+    assert (result.coverage > 0) == (memory != "none")
+
+
+def test_reset_resizes_any_observation():
+    model = tiny_model()
+    big = PinholeCamera.from_hfov(128, 96, math.pi / 2)
+    depth = box_depth([ROOM, BOX], START, big.K, 96, 128)
+    model.reset(np.zeros((96, 128, 3), np.uint8), depth, big.K, START)
+    assert model.K[0, 0] == pytest.approx(big.K[0, 0] / 2) and model.K[1, 1] == pytest.approx(big.K[1, 1] * 64 / 96)
+    assert model.step(poses(1)[0]).rgb.shape == (64, 64, 3)
+
+
+def test_seeded_rollouts_are_identical():
+    outputs = []
+    for _ in range(2):
+        model = tiny_model(seed=3)
+        model.reset(*observation(), CAMERA.K, START)
+        outputs.append([model.step(pose).rgb for pose in poses(3)])
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input():
+    model = tiny_model()
+    rgb, depth = observation()
+    with pytest.raises(RuntimeError, match="reset"):
+        model.step(START)
+    with pytest.raises(ValueError, match="rgb"):
+        model.reset(rgb.astype(np.float32), depth, CAMERA.K, START)
+    with pytest.raises(ValueError, match="no valid"):
+        model.reset(rgb, np.full_like(depth, np.nan), CAMERA.K, START)
+    model.reset(rgb, depth, CAMERA.K, START)
+    with pytest.raises(ValueError, match="cam_to_world"):
+        model.step(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="memory"):
+        WorldModel(model.autoencoder, model.denoiser, memory="holographic")
+
+
+def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    settings = json.loads((tmp_path / "ckpt" / "world_model.json").read_text())
+    assert settings["image_size"] == [64, 64]
+    loaded = WorldModel.from_pretrained(tmp_path / "ckpt", seed=0)
+    assert next(loaded.denoiser.parameters()).dtype == torch.float32
+    for ours, theirs in zip(model.denoiser.state_dict().values(), loaded.denoiser.state_dict().values()):
+        torch.testing.assert_close(ours.half().float(), theirs)  # stored as fp16
+    weights = tmp_path / "ckpt" / "denoiser" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cannot load MemoryConditionedDenoiser"):
+        WorldModel.from_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="world model settings"):
+        WorldModel.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="no config.json"):
+        load_component(RGBDAutoencoder, tmp_path)
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)).save_pretrained(tmp_path / "ae")
+    config = json.loads((tmp_path / "ae" / "config.json").read_text())
+    config["latent_channels"] = 8  # the weights no longer fit the architecture
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot load RGBDAutoencoder"):
+        load_component(RGBDAutoencoder, tmp_path / "ae")
+
+
+@pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
+def test_shipped_checkpoint_generates_a_frame():
+    from mirage_ros.worlds import generate_world
+    from mirage_ros.worlds.renderer import GroundTruthRenderer
+
+    model = WorldModel.from_pretrained()
+    camera = PinholeCamera.from_hfov(*model.image_size[::-1], math.pi / 2)
+    pose = look_at((1.0, 1.0, 0.5), (3.0, 2.0, 0.4))
+    with GroundTruthRenderer(generate_world(0), *model.image_size[::-1]) as renderer:
+        rgb, depth = renderer.render(pose, camera.K)
+    model.reset(rgb, depth, camera.K, pose)
+    result = model.step(look_at((1.1, 1.0, 0.5), (3.0, 2.1, 0.4)))
+    assert result.rgb.dtype == np.uint8 and result.rgb.min() >= 0 and result.rgb.max() <= 255
+    assert np.all(np.isfinite(result.depth)) and np.all(result.depth > 0)
+    assert sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.rglob("*") if p.is_file()) <= 50e6
