@@ -40,3 +40,20 @@ os.environ["ROS_DOMAIN_ID"] = str(_pick_domain_id())
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A small random world model checkpoint (64x64 images): fast node tests that need no trained model."""
+    import torch
+
+    from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder
+    from mirage_ros.model.world_model import SamplingConfig, WorldModel
+
+    torch.manual_seed(0)
+    model = WorldModel(RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)),
+                       MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32)),
+                       (64, 64), sampling=SamplingConfig(num_inference_steps=2))
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    model.save_pretrained(path)
+    return path

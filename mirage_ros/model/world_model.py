@@ -145,6 +145,7 @@ class WorldModel:
         self._context: torch.Tensor | None = None
         self._previous_pose: np.ndarray | None = None
         self._generator = torch.Generator(device=self.device)
+        self._feature_to_rgb: torch.Tensor | None = None
         self.steps = 0
 
     @classmethod
@@ -195,10 +196,68 @@ class WorldModel:
         if self.memory is not None:
             self.memory.clear()
         self._write(latent, rgb_t, depth_t, cam_to_world, new=torch.isfinite(depth_t) & (depth_t > 0))
-        self._context = latent
+        self._fit_token_colors(latent, rgb_t)
+        self._start(latent, cam_to_world)
+
+    @torch.inference_mode()
+    def start_from_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
+        """Continue from a saved latent memory instead of an observation; returns the view's coverage.
+
+        ``K`` is at the model's image size. The context of the first step is the memory read at
+        ``cam_to_world``; a corrupt or mismatched file raises ``ValueError`` and changes nothing.
+        """
+        if self.memory_kind != "latent":
+            raise ValueError(f"saved memories are latent memories; this model uses {self.memory_kind!r}")
+        K = validate_intrinsics(K)
+        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
+        self.memory.load(path)
+        self.K = K
+        read = self.memory.read(cam_to_world, K, self.latent_size)
+        self._start(read.latent.float(), cam_to_world)
+        return read.coverage_fraction
+
+    def _start(self, context: torch.Tensor, cam_to_world: np.ndarray) -> None:
+        self._context = context
         self._previous_pose = cam_to_world
         self._generator.manual_seed(self.seed)
         self.steps = 0
+
+    def save_memory(self, path: str | Path) -> None:
+        if self.memory_kind != "latent":
+            raise ValueError(f"only latent memories can be saved; this model uses {self.memory_kind!r}")
+        self.memory.save(path)
+
+    def _fit_token_colors(self, latent: torch.Tensor, rgb: torch.Tensor) -> None:
+        """Least-squares linear map from a token's features to its patch's mean colour (for display)."""
+        factor = self.autoencoder.downsample_factor
+        colors = F.avg_pool2d(rgb[None], factor)[0].reshape(3, -1).T.double()           # [h*w, 3]
+        features = latent.reshape(latent.shape[0], -1).T.double()
+        design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+        self._feature_to_rgb = torch.linalg.lstsq(design, colors, driver="gelsd").solution.float()
+
+    def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Stored token positions ``[N,3]`` (memory frame) and display colours uint8 ``[N,3]``."""
+        if self.memory_kind == "latent" and self.memory.keys.numel():
+            positions = self.memory.positions.float()
+            if self._feature_to_rgb is None:
+                colors = torch.full_like(positions, 0.7)
+            else:
+                features = self.memory.features.float()
+                design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+                colors = (design @ self._feature_to_rgb).clamp(0, 1)
+            return positions.cpu().numpy(), (colors * 255).round().to(torch.uint8).cpu().numpy()
+        if self.memory_kind == "explicit" and self.memory.positions.numel():
+            return self.memory.positions.cpu().numpy(), self.memory.colors.cpu().numpy()
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+
+    def memory_stats(self) -> tuple[int, int]:
+        """Tokens (or points) held and their bytes."""
+        if self.memory_kind == "latent":
+            stats = self.memory.stats()
+            return stats.tokens, stats.bytes
+        if self.memory_kind == "explicit":
+            return int(self.memory.positions.shape[0]), self.memory.bytes
+        return 0, 0
 
     @torch.inference_mode()
     def step(self, cam_to_world: np.ndarray) -> StepResult:

@@ -3,7 +3,8 @@
 Starts ``mirage_sim`` with the same ``config/sim.yaml`` the launch file uses, plus a scripted tour
 driver publishing ``cmd_vel``, in one process on the pip-installed ROS 2. Everything goes over real
 topics, so ``ros2 topic echo`` from another shell (where available) sees the same traffic. At the end
-it writes what was published to ``--output`` (odometry as CSV and a top-down picture of the path).
+it writes what was published to ``--output``: ``frames.png`` (published RGB and depth over time),
+``path.png`` (the driven path) and ``odometry.csv``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ import math
 import time
 from pathlib import Path
 
+from collections import deque
+
 import rclpy
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
-from PIL import Image, ImageDraw
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from sensor_msgs.msg import Image
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from mirage_ros.geometry import yaw_of
-from mirage_ros.ros.conversions import pose_to_matrix, seconds_of
+from mirage_ros.ros.conversions import image_to_array, pose_to_matrix, seconds_of
 from mirage_ros.ros.sim_node import SimNode
+from mirage_ros.worlds.contact_sheet import contact_sheet
 
 #: (seconds, forward m/s, yaw rate rad/s) segments of the demo tour, repeated.
 TOUR = ((3.0, 0.5, 0.0), (1.5, 0.0, 1.05), (2.0, 0.4, 0.3), (1.0, 0.0, -0.8), (3.0, 0.5, 0.0), (2.0, 0.0, 1.57))
@@ -58,13 +64,25 @@ class TourDriver(Node):
         self.publisher.publish(msg)
 
 
-class OdometryLog(Node):
-    """Keeps every odometry message for the report."""
+class Monitor(Node):
+    """Keeps every odometry message and one published RGB-D frame per second (at most ``max_frames``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frames: int = 24) -> None:
         super().__init__("mirage_run_monitor")
         self.rows: list[tuple[float, float, float, float]] = []
+        self.frames: deque = deque(maxlen=max_frames)
+        self._depth: dict[float, Image] = {}
         self.create_subscription(Odometry, "odom", self._on_odom, 50)
+        self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, 10)
+        self.create_subscription(Image, "camera/image_raw", self._on_image, 10)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._depth = {seconds_of(msg.header.stamp): msg}
+
+    def _on_image(self, msg: Image) -> None:
+        stamp = seconds_of(msg.header.stamp)
+        if stamp in self._depth and (not self.frames or stamp - self.frames[-1][0] >= 1.0 - 1e-6):
+            self.frames.append((stamp, image_to_array(msg), image_to_array(self._depth[stamp])))
 
     def _on_odom(self, msg: Odometry) -> None:
         pose = pose_to_matrix(msg.pose.pose)
@@ -73,7 +91,7 @@ class OdometryLog(Node):
 
 def draw_path(rows: list[tuple[float, float, float, float]], path: Path, size: int = 400) -> None:
     """Top-down view of the driven path (start green, end red), metres scaled to fit."""
-    image = Image.new("RGB", (size, size), "white")
+    image = PILImage.new("RGB", (size, size), "white")
     if rows:
         xs, ys = [r[1] for r in rows], [r[2] for r in rows]
         span = max(max(xs) - min(xs), max(ys) - min(ys), 1.0)
@@ -105,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     nodes: list[Node] = []
     try:
-        nodes = [SimNode(), TourDriver(), OdometryLog()]
+        nodes = [SimNode(), TourDriver(), Monitor()]
         for node in nodes:
             executor.add_node(node)
         print(f"mirage-run: simulating with {config} for "
@@ -122,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         rows = nodes[2].rows if len(nodes) == 3 else []
+        frames = list(nodes[2].frames) if len(nodes) == 3 else []
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -132,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerow(("stamp_s", "x_m", "y_m", "yaw_rad"))
         writer.writerows(rows)
     draw_path(rows, args.output / "path.png")
-    print(f"mirage-run: {len(rows)} odometry messages -> {args.output}/odometry.csv, {args.output}/path.png")
-    return 0 if rows else 1
+    if frames:
+        title = f"mirage_sim: published RGB and depth, one frame per second (t = {frames[0][0]:.1f} ... {frames[-1][0]:.1f} s)"
+        contact_sheet([(rgb, depth) for _, rgb, depth in frames], columns=6, title=title).save(args.output / "frames.png")
+    print(f"mirage-run: {len(rows)} odometry messages, {len(frames)} frames kept -> {args.output}/frames.png, "
+          f"{args.output}/path.png, {args.output}/odometry.csv")
+    return 0 if rows and frames else 1
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""The ``mirage_sim`` node: integrates velocity commands at a fixed rate and publishes what a robot
-with a camera would publish (odometry, camera info, the simulator status).
+"""The ``mirage_sim`` node: the learned camera simulator.
 
-Each step advances simulated time by exactly one period, so the result of a command sequence does
-not depend on how fast this machine is. With ``publish_clock`` the node owns ``/clock`` and stamps
-every output of a step with that step's sim time; consumers then run with ``use_sim_time:=true``.
+Each step (at ``rate``) integrates the latest velocity command, asks the world model what the camera
+sees from the new pose, and publishes RGB, depth, both camera infos, odometry, TF and the status, all
+with one stamp. Each step advances simulated time by exactly one period, so a command sequence has the
+same result however fast this machine is; with ``publish_clock`` the node owns ``/clock`` (consumers
+run with ``use_sim_time:=true``) and generation slower than real time never breaks them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -18,24 +20,36 @@ from nav_msgs.msg import Odometry
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import CameraInfo
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
 
 from mirage_ros.camera import CameraMount, PinholeCamera
+from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import DRIVES, BaseLimits, PlanarBase, PlanarPose
+from mirage_ros.model.world_model import MEMORY_KINDS, SamplingConfig, WorldModel
 from mirage_ros.msg import SimStatus
-from mirage_ros.ros.conversions import (camera_info_msg, check_frame, odometry_msg, planar_pose_from_matrix,
-                                        pose_to_matrix, time_msg, twist_from_msg)
+from mirage_ros.ros.conversions import (camera_info_msg, check_frame, depth_image_msg, odometry_msg,
+                                        planar_pose_from_matrix, point_cloud_msg, pose_to_matrix, rgb_image_msg,
+                                        time_msg, transform_stamped_msg, twist_from_msg)
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
+from mirage_ros.simulator import Simulator, StartSpec
+from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
 WARN_THROTTLE_S = 2.0
 #: Smoothing of the real-time-factor estimate (weight of the newest step).
 RTF_SMOOTHING = 0.1
+MAX_STEP_FRAMES = 1000
 
 LIMIT_PARAMETERS = ("max_linear_velocity", "max_angular_velocity",
                     "max_linear_acceleration", "max_angular_acceleration")
+
+
+def _nine_values(value: Any) -> str | None:
+    return None if len(value) == 9 else "start_k needs 9 values (row-major K; all zeros: unset)"
+
 
 PARAMETERS = [
     ParameterSpec("rate", 10.0, "Simulation steps per second; each step advances sim time by 1/rate.",
@@ -53,63 +67,125 @@ PARAMETERS = [
                   "on cmd_vel instead of Twist.", read_only=True),
     ParameterSpec("initial_pose", [0.0, 0.0, 0.0], "Start pose of base_link in odom: x (m), y (m), yaw (rad).",
                   read_only=True, length=3, low=-1e4, high=1e4),
-    ParameterSpec("odom_frame", "odom", "Odometry frame (REP 105).", read_only=True),
+    ParameterSpec("odom_frame", "odom", "Odometry frame (REP 105); the frame of the memory and its cloud.",
+                  read_only=True),
     ParameterSpec("base_frame", "base_link", "Robot base frame (REP 105).", read_only=True),
     ParameterSpec("camera_frame", "camera_link", "Camera body frame (x forward, z up).", read_only=True),
     ParameterSpec("optical_frame", "camera_optical_frame", "Camera optical frame (z forward, x right, y down) "
                   "of images and camera info.", read_only=True),
-    ParameterSpec("image_width", 128, "Image width (pixels).", read_only=True, low=16, high=4096),
-    ParameterSpec("image_height", 128, "Image height (pixels).", read_only=True, low=16, high=4096),
-    ParameterSpec("horizontal_fov", 1.5708, "Horizontal field of view (rad).", read_only=True, low=0.1, high=3.0),
+    ParameterSpec("horizontal_fov", 1.5708, "Horizontal field of view (rad); the image size is the model's.",
+                  read_only=True, low=0.1, high=3.0),
     ParameterSpec("camera_xyz", [0.0, 0.0, 0.5], "camera_link position on base_link (m).", read_only=True,
                   length=3, low=-100.0, high=100.0),
-    ParameterSpec("camera_rpy", [0.0, 0.0, 0.0], "camera_link roll, pitch, yaw on base_link (rad).",
-                  read_only=True, length=3, low=-math.pi, high=math.pi),
+    ParameterSpec("camera_rpy", [0.0, 0.1, 0.0], "camera_link roll, pitch, yaw on base_link (rad); positive "
+                  "pitch looks down.", read_only=True, length=3, low=-math.pi, high=math.pi),
     ParameterSpec("qos_depth", 5, "History depth of the published sensor streams.", read_only=True, low=1, high=1000),
     ParameterSpec("qos_reliability", "reliable", "Reliability of the published sensor streams (reliable "
                   "publishers also serve best-effort subscribers).", read_only=True,
                   choices=("reliable", "best_effort")),
+    ParameterSpec("model_path", "", "World model checkpoint directory; empty: the shipped default.", read_only=True),
+    ParameterSpec("device", "cpu", "Torch device of the world model (cpu, cuda, cuda:1...).", read_only=True),
+    ParameterSpec("memory", "latent", "Spatial memory: latent (the method), explicit (RGB point cloud "
+                  "baseline) or none (ablation).", read_only=True, choices=MEMORY_KINDS),
+    ParameterSpec("num_inference_steps", 4, "Denoising steps per frame where the memory does not already "
+                  "cover the view.", read_only=True, low=1, high=50),
+    ParameterSpec("seed", 0, "Noise seed: equal seeds and commands give equal rollouts.", read_only=True,
+                  low=0, high=2**31 - 1),
+    ParameterSpec("world_seed", 0, "Procedural world to start in (when no start observation or memory); "
+                  "the reset service can pick another.", read_only=True, low=0, high=2**31 - 1),
+    ParameterSpec("start_rgb", "", "Start from this RGB image file instead of a procedural world.", read_only=True),
+    ParameterSpec("start_depth", "", "Depth of the start observation: .npy metres or 16-bit PNG millimetres.",
+                  read_only=True),
+    ParameterSpec("start_k", [0.0] * 9, "Row-major K of the start observation; all zeros: the camera's "
+                  "field of view at the file's size.", read_only=True, check=_nine_values),
+    ParameterSpec("memory_file", "", "Start from this saved latent memory (safetensors) instead.", read_only=True),
+    ParameterSpec("memory_cloud_period", 1.0, "Seconds of sim time between memory point clouds (0: never).",
+                  low=0.0, high=3600.0),
+    ParameterSpec("publish_tf", True, "Broadcast odom->base_link and the static camera frames (needs tf2_ros).",
+                  read_only=True),
 ]
 
 
 class SimNode(Node):
-    """Fixed-rate simulator node; see the module docstring for its time model."""
+    """Fixed-rate learned camera simulator; see the module docstring."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         params = declare_and_validate(self, PARAMETERS)
         self.params = params
         self.period = 1.0 / params["rate"]
-        self.camera = PinholeCamera.from_hfov(params["image_width"], params["image_height"], params["horizontal_fov"])
         self.mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
-        self.base = PlanarBase(params["drive"], self._limits(params), params["command_timeout"],
-                               PlanarPose(*params["initial_pose"]))
+        model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
+                                           device=params["device"], seed=params["seed"],
+                                           sampling=SamplingConfig(num_inference_steps=params["num_inference_steps"]))
+        height, width = model.image_size
+        self.camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
+        base = PlanarBase(params["drive"], self._limits(params), params["command_timeout"])
+        start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"],
+                          depth_path=params["start_depth"],
+                          K=tuple(params["start_k"]) if any(params["start_k"]) else (),
+                          memory_path=params["memory_file"])
+        self.simulator = Simulator(model, self.camera, self.mount, base, start, PlanarPose(*params["initial_pose"]))
+        self.simulator.reset()
         self.steps = 0
         self.sim_time = 0.0
+        self.paused = False
+        self.pending_frames = 0
+        self._last_cloud_time = -math.inf
         self._real_time_factor = 0.0
         self._last_step_wall: float | None = None
 
         reliability = (ReliabilityPolicy.RELIABLE if params["qos_reliability"] == "reliable"
                        else ReliabilityPolicy.BEST_EFFORT)
         sensor_qos = QoSProfile(depth=params["qos_depth"], reliability=reliability)
-        self.odom_pub = self.create_publisher(Odometry, "odom", sensor_qos)
+        self.image_pub = self.create_publisher(Image, "camera/image_raw", sensor_qos)
         self.camera_info_pub = self.create_publisher(CameraInfo, "camera/camera_info", sensor_qos)
+        self.depth_pub = self.create_publisher(Image, "camera/depth/image_raw", sensor_qos)
+        self.depth_info_pub = self.create_publisher(CameraInfo, "camera/depth/camera_info", sensor_qos)
+        self.odom_pub = self.create_publisher(Odometry, "odom", sensor_qos)
+        self.cloud_pub = self.create_publisher(PointCloud2, "~/memory_cloud", 2)
         self.status_pub = self.create_publisher(SimStatus, "~/status", 10)
         self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10) if params["publish_clock"] else None
+        self.tf_broadcaster = self._make_tf_broadcasters() if params["publish_tf"] else None
 
         cmd_type = TwistStamped if params["use_stamped_cmd_vel"] else Twist
         self.create_subscription(cmd_type, "cmd_vel", self._on_cmd_vel, 10)
         self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, 10)
+        self.create_service(Reset, "~/reset", self._on_reset)
+        self.create_service(Trigger, "~/pause", self._on_pause)
+        self.create_service(Trigger, "~/resume", self._on_resume)
+        self.create_service(StepFrames, "~/step", self._on_step_frames)
+        self.create_service(MemoryFile, "~/save_memory", self._on_save_memory)
+        self.create_service(MemoryFile, "~/load_memory", self._on_load_memory)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         # Steps are paced by the wall clock even when the node follows sim time, which it may own.
         self.timer = self.create_timer(self.period, self.step, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
-            f"{NODE_NAME}: {params['drive']} base at {params['rate']:g} Hz, camera "
-            f"{self.camera.width}x{self.camera.height}, clock {'owned' if self.clock_pub else 'followed'}")
+            f"{NODE_NAME}: {params['memory']} memory, {width}x{height} camera at {params['rate']:g} Hz, "
+            f"start: {start.kind}, clock {'owned' if self.clock_pub else 'followed'}")
+
+    @property
+    def base(self) -> PlanarBase:
+        return self.simulator.base
 
     @staticmethod
     def _limits(params: dict[str, Any]) -> BaseLimits:
         return BaseLimits(*(params[name] for name in LIMIT_PARAMETERS))
+
+    def _make_tf_broadcasters(self):
+        try:
+            from tf2_ros import StaticTransformBroadcaster, TransformBroadcaster
+        except ImportError:
+            self.get_logger().warning("tf2_ros is not installed: no TF is broadcast (odometry and frame ids "
+                                      "are still published)")
+            return None
+        static = StaticTransformBroadcaster(self)
+        stamp = time_msg(0.0)
+        p = self.params
+        static.sendTransform([
+            transform_stamped_msg(self.mount.base_to_camera_link, stamp, p["base_frame"], p["camera_frame"]),
+            transform_stamped_msg(OPTICAL_TO_CAMERA_LINK, stamp, p["camera_frame"], p["optical_frame"])])
+        return TransformBroadcaster(self)
 
     def now_seconds(self) -> float:
         """Current time of the simulation: its own sim time when it owns /clock, else the node clock."""
@@ -117,6 +193,7 @@ class SimNode(Node):
             return self.sim_time
         return self.get_clock().now().nanoseconds * 1e-9
 
+    # ------------------------------------------------------------------ inputs
     def _on_parameters_set(self, parameters: list) -> None:
         for parameter in parameters:
             self.params[parameter.name] = parameter.value
@@ -143,6 +220,57 @@ class SimNode(Node):
         self.base.reset(pose)
         self.get_logger().info(f"base moved to x={pose.x:.3f} y={pose.y:.3f} yaw={pose.yaw:.3f}")
 
+    # ------------------------------------------------------------------ services
+    def _on_reset(self, request: Reset.Request, response: Reset.Response) -> Reset.Response:
+        try:
+            self.simulator.reset(request.seed if request.use_seed else None)
+        except (ValueError, OSError) as error:
+            response.success, response.message = False, f"reset failed: {error}"
+            return response
+        self._last_cloud_time = -math.inf
+        response.success, response.message = True, f"reset ({self.simulator.start.kind} start)"
+        return response
+
+    def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.paused, self.pending_frames = True, 0
+        response.success, response.message = True, "paused"
+        return response
+
+    def _on_resume(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.paused, self.pending_frames = False, 0
+        response.success, response.message = True, "running"
+        return response
+
+    def _on_step_frames(self, request: StepFrames.Request, response: StepFrames.Response) -> StepFrames.Response:
+        if not self.paused:
+            response.success, response.message = False, "pause the simulation before stepping it"
+        elif not 1 <= request.frames <= MAX_STEP_FRAMES:
+            response.success, response.message = False, f"frames must be within [1, {MAX_STEP_FRAMES}]"
+        else:
+            self.pending_frames += request.frames
+            response.success, response.message = True, f"{self.pending_frames} frames queued"
+        return response
+
+    def _on_save_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
+        try:
+            self.simulator.model.save_memory(Path(request.path))
+        except (ValueError, OSError) as error:
+            response.success, response.message = False, f"save failed: {error}"
+            return response
+        response.success, response.message = True, f"saved {self.simulator.model.memory_stats()[0]} tokens"
+        return response
+
+    def _on_load_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
+        try:
+            coverage = self.simulator.model.start_from_memory(
+                Path(request.path), self.camera.K, self.mount.camera_to_world(self.base.pose.matrix()))
+        except (ValueError, OSError) as error:
+            response.success, response.message = False, f"load failed: {error}"
+            return response
+        response.success, response.message = True, f"loaded; current view {coverage:.0%} covered"
+        return response
+
+    # ------------------------------------------------------------------ the step
     def _advance_time(self) -> float:
         if self.clock_pub is None:
             return self.now_seconds()
@@ -151,26 +279,47 @@ class SimNode(Node):
         return self.sim_time
 
     def step(self) -> None:
-        """One simulation step: advance time, integrate the base, publish everything with one stamp."""
+        """One simulation step; while paused nothing is generated or published unless frames are queued."""
+        if self.paused:
+            if self.pending_frames == 0:
+                return
+            self.pending_frames -= 1
         started = time.perf_counter()
         now = self._advance_time()
-        pose = self.base.step(self.period, now)
+        try:
+            frame = self.simulator.step(self.period, now)
+        except Exception as error:  # a failing model step must not take the simulator down
+            self.get_logger().error(f"world model step failed: {type(error).__name__}: {error}",
+                                    throttle_duration_sec=WARN_THROTTLE_S)
+            return
         self.steps += 1
         stamp = time_msg(now)
-        self.odom_pub.publish(odometry_msg(pose, self.base.velocity, stamp,
-                                           self.params["odom_frame"], self.params["base_frame"]))
-        self.camera_info_pub.publish(camera_info_msg(self.camera, stamp, self.params["optical_frame"]))
-        self._publish_status(stamp, now, time.perf_counter() - started)
+        p = self.params
+        self.image_pub.publish(rgb_image_msg(frame.result.rgb, stamp, p["optical_frame"]))
+        self.depth_pub.publish(depth_image_msg(frame.result.depth, stamp, p["optical_frame"]))
+        info = camera_info_msg(self.camera, stamp, p["optical_frame"])
+        self.camera_info_pub.publish(info)
+        self.depth_info_pub.publish(info)
+        self.odom_pub.publish(odometry_msg(frame.pose, frame.velocity, stamp, p["odom_frame"], p["base_frame"]))
+        if self.tf_broadcaster is not None:
+            self.tf_broadcaster.sendTransform(
+                transform_stamped_msg(frame.pose.matrix(), stamp, p["odom_frame"], p["base_frame"]))
+        if p["memory_cloud_period"] > 0 and now - self._last_cloud_time >= p["memory_cloud_period"]:
+            self._last_cloud_time = now
+            points, colors = self.simulator.model.memory_points()
+            self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, p["odom_frame"]))
+        self._publish_status(stamp, now, frame.result.coverage, time.perf_counter() - started)
 
-    def _publish_status(self, stamp: Any, now: float, latency: float) -> None:
+    def _publish_status(self, stamp: Any, now: float, coverage: float, latency: float) -> None:
         wall = time.monotonic()
         if self._last_step_wall is not None and wall > self._last_step_wall:
             instant = self.period / (wall - self._last_step_wall)
             self._real_time_factor += RTF_SMOOTHING * (instant - self._real_time_factor)
         self._last_step_wall = wall
-        status = SimStatus(steps=self.steps, step_latency=float(latency),
-                           real_time_factor=float(self._real_time_factor),
-                           command_stale=self.base.command_is_stale(now))
+        tokens, size = self.simulator.model.memory_stats()
+        status = SimStatus(steps=self.steps, memory_tokens=tokens, memory_bytes=size, view_coverage=float(coverage),
+                           step_latency=float(latency), real_time_factor=float(self._real_time_factor),
+                           paused=self.paused, command_stale=self.base.command_is_stale(now))
         status.header.stamp, status.header.frame_id = stamp, self.params["odom_frame"]
         self.status_pub.publish(status)
 
@@ -183,7 +332,7 @@ def main(args: list[str] | None = None) -> int:
         node = SimNode()
         rclpy.spin(node)
     except ValueError as error:
-        print(f"{NODE_NAME}: {error}")
+        print(f"{NODE_NAME}: {error}", flush=True)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -188,6 +188,16 @@ def _goal_between(planner: _Planner, rng: np.random.Generator, start: tuple[floa
     return goal, (path or [start])
 
 
+def free_start_pose(world: World, seed: int, config: TrajectoryConfig | None = None) -> PlanarPose:
+    """A deterministic start pose in ``world``'s free space, facing into the room."""
+    config = config or TrajectoryConfig()
+    planner = _Planner(world, config)
+    rng = np.random.default_rng(seed)
+    x, y = _random_free_point(planner, rng)
+    centre_x, centre_y = world.size[0] / 2, world.size[1] / 2
+    return PlanarPose(x, y, math.atan2(centre_y - y, centre_x - x))
+
+
 def generate_trajectory(world: World, kind: str, frames: int, seed: int,
                         config: TrajectoryConfig | None = None) -> Trajectory:
     """A ``kind`` trajectory of exactly ``frames`` camera poses (the robot idles if it finishes early)."""

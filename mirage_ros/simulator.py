@@ -1,0 +1,127 @@
+"""The simulator core, ROS-free: a robot base, its camera and the world model, stepped together.
+
+Both the ``mirage_sim`` node and the offline rollout CLI drive this class, so a rollout produces the
+same frames whichever way it runs. The odometry frame is the frame of the model's memory; the start
+observation may come from elsewhere (a procedural world, files, a saved memory) and is placed at the
+base's initial pose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mirage_ros.camera import CameraMount, PinholeCamera, validate_intrinsics
+from mirage_ros.kinematics import BodyTwist, PlanarBase, PlanarPose
+from mirage_ros.model.world_model import StepResult, WorldModel
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    """Where a rollout starts: a saved ``memory_path``, else an RGB-D observation from ``rgb_path`` +
+    ``depth_path`` (+ ``K`` at the files' resolution, default: the simulator camera's field of view),
+    else the procedural world ``world_seed``."""
+
+    world_seed: int = 0
+    rgb_path: str = ""
+    depth_path: str = ""
+    K: tuple[float, ...] = ()
+    memory_path: str = ""
+
+    @property
+    def kind(self) -> str:
+        if self.memory_path:
+            return "memory"
+        if self.rgb_path or self.depth_path:
+            if not (self.rgb_path and self.depth_path):
+                raise ValueError("an observation start needs both rgb_path and depth_path")
+            return "observation"
+        return "world"
+
+
+def load_observation(rgb_path: str | Path, depth_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (PNG/JPEG) and depth: ``.npy`` float metres, or 16-bit PNG millimetres (0 = no depth)."""
+    rgb_path, depth_path = Path(rgb_path), Path(depth_path)
+    for path in (rgb_path, depth_path):
+        if not path.is_file():
+            raise ValueError(f"start observation file not found: {path}")
+    try:
+        rgb = np.asarray(Image.open(rgb_path).convert("RGB"))
+        if depth_path.suffix == ".npy":
+            depth = np.load(depth_path, allow_pickle=False).astype(np.float32)
+        else:
+            raw = np.asarray(Image.open(depth_path))
+            if raw.dtype not in (np.uint16, np.int32):
+                raise ValueError(f"{depth_path}: a PNG depth must be 16-bit millimetres, got {raw.dtype}")
+            depth = np.where(raw > 0, raw.astype(np.float32) / 1000.0, np.float32(np.nan))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the start observation: {error}") from error
+    if depth.shape != rgb.shape[:2]:
+        raise ValueError(f"depth {depth.shape} and rgb {rgb.shape[:2]} sizes differ")
+    return rgb, depth
+
+
+@dataclass
+class SimFrame:
+    """One simulated step: base state, camera pose (odometry frame) and what the camera saw."""
+
+    pose: PlanarPose
+    velocity: BodyTwist
+    cam_to_world: np.ndarray
+    result: StepResult
+
+
+@dataclass
+class Simulator:
+    model: WorldModel
+    camera: PinholeCamera
+    mount: CameraMount
+    base: PlanarBase
+    start: StartSpec = field(default_factory=StartSpec)
+    initial_pose: PlanarPose = field(default_factory=PlanarPose)
+
+    def __post_init__(self) -> None:
+        if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
+            raise ValueError(f"camera is {self.camera.width}x{self.camera.height} but the model generates "
+                             f"{self.model.image_size[1]}x{self.model.image_size[0]} images")
+        self.start.kind  # validates the start specification
+
+    def reset(self, world_seed: int | None = None) -> None:
+        """Back to the initial pose with a fresh memory built from the start (``world_seed`` overrides it)."""
+        if world_seed is not None:
+            self.start = StartSpec(world_seed=world_seed)
+        self.base.reset(self.initial_pose)
+        cam_to_odom = self.mount.camera_to_world(self.initial_pose.matrix())
+        kind = self.start.kind
+        if kind == "memory":
+            self.model.start_from_memory(self.start.memory_path, self.camera.K, cam_to_odom)
+            return
+        if kind == "observation":
+            rgb, depth = load_observation(self.start.rgb_path, self.start.depth_path)
+            K = (np.asarray(self.start.K, dtype=np.float64).reshape(3, 3) if self.start.K else
+                 PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
+            self.model.reset(rgb, depth, validate_intrinsics(K, "start K"), cam_to_odom)
+            return
+        rgb, depth = render_world_start(self.start.world_seed, self.camera, self.mount)
+        self.model.reset(rgb, depth, self.camera.K, cam_to_odom)
+
+    def step(self, dt: float, now: float) -> SimFrame:
+        """Integrate the base for ``dt`` seconds, then generate the frame its camera sees."""
+        pose = self.base.step(dt, now)
+        cam_to_world = self.mount.camera_to_world(pose.matrix())
+        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world))
+
+
+def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMount) -> tuple[np.ndarray, np.ndarray]:
+    """The first observation in procedural world ``world_seed``, from a free start pose."""
+    from mirage_ros.worlds import generate_world
+    from mirage_ros.worlds.renderer import GroundTruthRenderer
+    from mirage_ros.worlds.trajectories import free_start_pose
+
+    world = generate_world(world_seed)
+    start = free_start_pose(world, world_seed)
+    with GroundTruthRenderer(world, camera.width, camera.height) as renderer:
+        return renderer.render(mount.camera_to_world(start.matrix()), camera.K)
