@@ -109,6 +109,11 @@ class PlanarBase:
         self._target = BodyTwist()
         self._command_stamp: float | None = None
 
+    def stop_at(self, pose: PlanarPose) -> None:
+        """Put the base back at ``pose`` at rest (a refused motion), keeping the current command."""
+        self.pose = pose
+        self.velocity = BodyTwist()
+
     def command(self, vx: float, vy: float, wz: float, stamp: float) -> BodyTwist:
         """Accept a velocity command received at ``stamp`` (seconds); returns the clamped target.
 

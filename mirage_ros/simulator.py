@@ -21,20 +21,26 @@ from mirage_ros.model.world_model import StepResult, WorldModel
 
 @dataclass(frozen=True)
 class StartSpec:
-    """Where a rollout starts: a saved ``memory_path``, else an RGB-D observation from ``rgb_path`` +
-    ``depth_path`` (+ ``K`` at the files' resolution, default: the simulator camera's field of view),
-    else the procedural world ``world_seed``."""
+    """Where a rollout starts: a saved ``memory_path``, else an RGB-D observation (``rgb`` + ``depth``
+    arrays, or ``rgb_path`` + ``depth_path`` files; ``K`` at their resolution, default: the simulator
+    camera's field of view), else the procedural world ``world_seed``."""
 
     world_seed: int = 0
     rgb_path: str = ""
     depth_path: str = ""
     K: tuple[float, ...] = ()
     memory_path: str = ""
+    rgb: np.ndarray | None = field(default=None, compare=False)
+    depth: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
         if self.memory_path:
             return "memory"
+        if self.rgb is not None or self.depth is not None:
+            if self.rgb is None or self.depth is None:
+                raise ValueError("an observation start needs both rgb and depth")
+            return "observation"
         if self.rgb_path or self.depth_path:
             if not (self.rgb_path and self.depth_path):
                 raise ValueError("an observation start needs both rgb_path and depth_path")
@@ -64,14 +70,25 @@ def load_observation(rgb_path: str | Path, depth_path: str | Path) -> tuple[np.n
     return rgb, depth
 
 
+@dataclass(frozen=True)
+class CollisionConfig:
+    """The robot footprint (a disc of ``radius`` m; 0 disables checking) and the heights above the
+    floor (m) where remembered surfaces are obstacles (the floor itself is not)."""
+
+    radius: float = 0.0
+    min_height: float = 0.05
+    max_height: float = 1.5
+
+
 @dataclass
 class SimFrame:
-    """One simulated step: base state, camera pose (odometry frame) and what the camera saw."""
+    """One simulated step: base state, camera pose (odometry frame), contact and what the camera saw."""
 
     pose: PlanarPose
     velocity: BodyTwist
     cam_to_world: np.ndarray
     result: StepResult
+    in_contact: bool = False
 
 
 @dataclass
@@ -82,6 +99,7 @@ class Simulator:
     base: PlanarBase
     start: StartSpec = field(default_factory=StartSpec)
     initial_pose: PlanarPose = field(default_factory=PlanarPose)
+    collision: CollisionConfig = field(default_factory=CollisionConfig)
 
     def __post_init__(self) -> None:
         if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
@@ -100,7 +118,8 @@ class Simulator:
             self.model.start_from_memory(self.start.memory_path, self.camera.K, cam_to_odom)
             return
         if kind == "observation":
-            rgb, depth = load_observation(self.start.rgb_path, self.start.depth_path)
+            rgb, depth = ((self.start.rgb, self.start.depth) if self.start.rgb is not None
+                          else load_observation(self.start.rgb_path, self.start.depth_path))
             K = (np.asarray(self.start.K, dtype=np.float64).reshape(3, 3) if self.start.K else
                  PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
             self.model.reset(rgb, depth, validate_intrinsics(K, "start K"), cam_to_odom)
@@ -108,11 +127,28 @@ class Simulator:
         rgb, depth = render_world_start(self.start.world_seed, self.camera, self.mount)
         self.model.reset(rgb, depth, self.camera.K, cam_to_odom)
 
-    def step(self, dt: float, now: float) -> SimFrame:
-        """Integrate the base for ``dt`` seconds, then generate the frame its camera sees."""
-        pose = self.base.step(dt, now)
+    def step(self, dt: float, now: float, pose: PlanarPose | None = None) -> SimFrame:
+        """Integrate the base for ``dt`` seconds (or move it to an externally given ``pose``), then
+        generate the frame its camera sees.
+
+        With collision checking, motion that brings the footprint closer to a remembered surface than
+        its radius is refused (the base stops where it was); moving away from contact is allowed.
+        """
+        previous = self.base.pose
+        if pose is None:
+            pose = self.base.step(dt, now)
+        else:
+            self.base.stop_at(pose)
+        contact = False
+        if self.collision.radius > 0:
+            c = self.collision
+            after = self.model.nearest_obstacle(pose.x, pose.y, c.min_height, c.max_height)
+            if after < c.radius and after < self.model.nearest_obstacle(previous.x, previous.y, c.min_height,
+                                                                        c.max_height):
+                self.base.stop_at(previous)
+                pose, contact = previous, True
         cam_to_world = self.mount.camera_to_world(pose.matrix())
-        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world))
+        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world), contact)
 
 
 def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMount) -> tuple[np.ndarray, np.ndarray]:

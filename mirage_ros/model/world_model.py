@@ -13,6 +13,7 @@ The memory is pluggable so the paper's comparison can be run: ``"latent"`` (Late
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,6 +123,9 @@ class WorldModel:
                  device: str | torch.device = "cpu", seed: int = 0) -> None:
         if memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
+        # Denormal floats make CPU convolutions ~100x slower as activations decay towards zero over a
+        # rollout; flushing them to zero changes no result that matters at fp16/fp32 image precision.
+        torch.set_flush_denormal(True)
         self.device = torch.device(device)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.denoiser = denoiser.to(self.device).eval()
@@ -249,6 +253,17 @@ class WorldModel:
         if self.memory_kind == "explicit" and self.memory.positions.numel():
             return self.memory.positions.cpu().numpy(), self.memory.colors.cpu().numpy()
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+
+    def nearest_obstacle(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface point between the
+        two heights (memory frame, z up); ``inf`` when there is none."""
+        if self.memory_kind == "none":
+            return math.inf
+        positions = self.memory.positions
+        band = positions[(positions[:, 2] >= min_height) & (positions[:, 2] <= max_height)]
+        if band.numel() == 0:
+            return math.inf
+        return float(torch.hypot(band[:, 0] - x, band[:, 1] - y).min())
 
     def memory_stats(self) -> tuple[int, int]:
         """Tokens (or points) held and their bytes."""

@@ -17,6 +17,8 @@ from pathlib import Path
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from mirage_ros.geometry import matrix_to_quaternion
+
 PACKAGE = "mirage_ros"
 
 
@@ -98,3 +100,21 @@ class BagWriter:
             self.close()
         else:
             self.abort()
+
+
+def tf_message_cdr(typestore, stamp_ns: int, transforms: list[tuple[str, str, "object"]]) -> bytes:
+    """CDR bytes of a ``tf2_msgs/TFMessage`` (built with rosbags: tf2_msgs may not be installed)."""
+    types = typestore.types
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    items = []
+    for parent, child, transform in transforms:
+        x, y, z, w = matrix_to_quaternion(transform[:3, :3])
+        header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+                                               frame_id=parent)
+        translation = types["geometry_msgs/msg/Vector3"](*(float(v) for v in transform[:3, 3]))
+        rotation = types["geometry_msgs/msg/Quaternion"](x=float(x), y=float(y), z=float(z), w=float(w))
+        items.append(types["geometry_msgs/msg/TransformStamped"](
+            header=header, child_frame_id=child,
+            transform=types["geometry_msgs/msg/Transform"](translation=translation, rotation=rotation)))
+    message = types["tf2_msgs/msg/TFMessage"](transforms=items)
+    return bytes(typestore.serialize_cdr(message, "tf2_msgs/msg/TFMessage"))

@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from pathlib import Path
+
+import yaml
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.node import Node
@@ -78,4 +81,28 @@ def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(on_set)
+    return values
+
+
+def parameters_from_yaml(path: str | Path, node_name: str, specs: Sequence[ParameterSpec],
+                         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A node's parameters as a ``ros__parameters`` file sets them (plus ``overrides``), defaults for
+    the rest, validated like the node validates them: for tools that build the node's pipeline
+    without running the node. Keys may be ``node``, ``/node``, ``/**/node`` or ``/**``."""
+    document = yaml.safe_load(Path(path).read_text()) or {}
+    values = {spec.name: spec.default for spec in specs}
+    for key, body in document.items():
+        if key.split("/")[-1] in (node_name, "**") and isinstance(body, dict):
+            values.update((body.get("ros__parameters") or {}))
+    values.update(overrides or {})
+    known = {spec.name: spec for spec in specs}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown parameters for {node_name}: {', '.join(unknown)}")
+    errors = [error for name, spec in known.items() if (error := spec.error(values[name]))]
+    wrong_type = [f"{name} should be {type(spec.default).__name__}" for name, spec in known.items()
+                  if not isinstance(values[name], type(spec.default))
+                  and not (isinstance(spec.default, float) and isinstance(values[name], int))]
+    if errors or wrong_type:
+        raise ValueError("invalid parameters: " + "; ".join(errors + wrong_type))
     return values

@@ -16,13 +16,12 @@ from typing import Any
 
 import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist, TwistStamped
-from nav_msgs.msg import Odometry
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from mirage_ros.camera import CameraMount, PinholeCamera
@@ -30,11 +29,12 @@ from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import DRIVES, BaseLimits, PlanarBase, PlanarPose
 from mirage_ros.model.world_model import MEMORY_KINDS, SamplingConfig, WorldModel
 from mirage_ros.msg import SimStatus
-from mirage_ros.ros.conversions import (camera_info_msg, check_frame, depth_image_msg, odometry_msg,
-                                        planar_pose_from_matrix, point_cloud_msg, pose_to_matrix, rgb_image_msg,
+from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
                                         time_msg, transform_stamped_msg, twist_from_msg)
+from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
-from mirage_ros.simulator import Simulator, StartSpec
+from mirage_ros.sensors import ScanConfig
+from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
@@ -103,7 +103,48 @@ PARAMETERS = [
                   low=0.0, high=3600.0),
     ParameterSpec("publish_tf", True, "Broadcast odom->base_link and the static camera frames (needs tf2_ros).",
                   read_only=True),
+    ParameterSpec("publish_scan", True, "Publish a LaserScan (scan, in base_frame) synthesised from depth.",
+                  read_only=True),
+    ParameterSpec("scan_min_height", 0.1, "Lowest point above the floor that the scan sees (m).", read_only=True,
+                  low=-10.0, high=10.0),
+    ParameterSpec("scan_max_height", 1.0, "Highest point above the floor that the scan sees (m).", read_only=True,
+                  low=-10.0, high=10.0),
+    ParameterSpec("scan_range_min", 0.1, "Minimum scan range (m).", read_only=True, low=0.0, high=100.0),
+    ParameterSpec("scan_range_max", 10.0, "Maximum scan range (m).", read_only=True, low=0.01, high=1000.0),
+    ParameterSpec("scan_angle_increment", 0.0174533, "Angle between scan beams (rad).", read_only=True,
+                  low=0.0001, high=0.5),
+    ParameterSpec("publish_depth_points", True, "Publish the depth image as a PointCloud2 (camera/depth/points, "
+                  "optical frame).", read_only=True),
+    ParameterSpec("collision_radius", 0.0, "Footprint radius (m): motion into surfaces held in the memory is "
+                  "refused and reported (status in_contact); 0 disables.", low=0.0, high=5.0),
 ]
+
+
+def base_limits(params: dict[str, Any]) -> BaseLimits:
+    return BaseLimits(*(params[name] for name in LIMIT_PARAMETERS))
+
+
+def build_simulator(params: dict[str, Any]) -> Simulator:
+    """The simulator the node runs, from its (validated) parameters; also used by offline rollouts."""
+    mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
+    model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
+                                       device=params["device"], seed=params["seed"],
+                                       sampling=SamplingConfig(num_inference_steps=params["num_inference_steps"]))
+    height, width = model.image_size
+    camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
+    base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
+    start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
+                      K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
+    return Simulator(model, camera, mount, base, start, PlanarPose(*params["initial_pose"]),
+                     CollisionConfig(radius=params["collision_radius"]))
+
+
+def output_config(params: dict[str, Any]) -> OutputConfig:
+    """What each step publishes, from the node's parameters."""
+    scan = ScanConfig(params["scan_min_height"], params["scan_max_height"], params["scan_range_min"],
+                      params["scan_range_max"], params["scan_angle_increment"]) if params["publish_scan"] else None
+    return OutputConfig(params["odom_frame"], params["base_frame"], params["optical_frame"], scan,
+                        params["publish_depth_points"])
 
 
 class SimNode(Node):
@@ -114,19 +155,12 @@ class SimNode(Node):
         params = declare_and_validate(self, PARAMETERS)
         self.params = params
         self.period = 1.0 / params["rate"]
-        self.mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
-        model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
-                                           device=params["device"], seed=params["seed"],
-                                           sampling=SamplingConfig(num_inference_steps=params["num_inference_steps"]))
-        height, width = model.image_size
-        self.camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
-        base = PlanarBase(params["drive"], self._limits(params), params["command_timeout"])
-        start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"],
-                          depth_path=params["start_depth"],
-                          K=tuple(params["start_k"]) if any(params["start_k"]) else (),
-                          memory_path=params["memory_file"])
-        self.simulator = Simulator(model, self.camera, self.mount, base, start, PlanarPose(*params["initial_pose"]))
+        self.simulator = build_simulator(params)
         self.simulator.reset()
+        self.camera, self.mount = self.simulator.camera, self.simulator.mount
+        height, width = self.simulator.model.image_size
+        start = self.simulator.start
+        self.output = output_config(params)
         self.steps = 0
         self.sim_time = 0.0
         self.paused = False
@@ -138,11 +172,8 @@ class SimNode(Node):
         reliability = (ReliabilityPolicy.RELIABLE if params["qos_reliability"] == "reliable"
                        else ReliabilityPolicy.BEST_EFFORT)
         sensor_qos = QoSProfile(depth=params["qos_depth"], reliability=reliability)
-        self.image_pub = self.create_publisher(Image, "camera/image_raw", sensor_qos)
-        self.camera_info_pub = self.create_publisher(CameraInfo, "camera/camera_info", sensor_qos)
-        self.depth_pub = self.create_publisher(Image, "camera/depth/image_raw", sensor_qos)
-        self.depth_info_pub = self.create_publisher(CameraInfo, "camera/depth/camera_info", sensor_qos)
-        self.odom_pub = self.create_publisher(Odometry, "odom", sensor_qos)
+        self.step_publishers = {topic: self.create_publisher(kind, topic, sensor_qos)
+                                for topic, kind in STEP_TOPICS.items()}
         self.cloud_pub = self.create_publisher(PointCloud2, "~/memory_cloud", 2)
         self.status_pub = self.create_publisher(SimStatus, "~/status", 10)
         self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10) if params["publish_clock"] else None
@@ -167,10 +198,6 @@ class SimNode(Node):
     @property
     def base(self) -> PlanarBase:
         return self.simulator.base
-
-    @staticmethod
-    def _limits(params: dict[str, Any]) -> BaseLimits:
-        return BaseLimits(*(params[name] for name in LIMIT_PARAMETERS))
 
     def _make_tf_broadcasters(self):
         try:
@@ -197,8 +224,9 @@ class SimNode(Node):
     def _on_parameters_set(self, parameters: list) -> None:
         for parameter in parameters:
             self.params[parameter.name] = parameter.value
-        self.base.limits = self._limits(self.params)
+        self.base.limits = base_limits(self.params)
         self.base.command_timeout = self.params["command_timeout"]
+        self.simulator.collision = CollisionConfig(radius=self.params["collision_radius"])
 
     def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
         try:
@@ -295,12 +323,8 @@ class SimNode(Node):
         self.steps += 1
         stamp = time_msg(now)
         p = self.params
-        self.image_pub.publish(rgb_image_msg(frame.result.rgb, stamp, p["optical_frame"]))
-        self.depth_pub.publish(depth_image_msg(frame.result.depth, stamp, p["optical_frame"]))
-        info = camera_info_msg(self.camera, stamp, p["optical_frame"])
-        self.camera_info_pub.publish(info)
-        self.depth_info_pub.publish(info)
-        self.odom_pub.publish(odometry_msg(frame.pose, frame.velocity, stamp, p["odom_frame"], p["base_frame"]))
+        for topic, message in frame_messages(frame, stamp, self.camera, self.mount, self.output).items():
+            self.step_publishers[topic].publish(message)
         if self.tf_broadcaster is not None:
             self.tf_broadcaster.sendTransform(
                 transform_stamped_msg(frame.pose.matrix(), stamp, p["odom_frame"], p["base_frame"]))
@@ -308,9 +332,9 @@ class SimNode(Node):
             self._last_cloud_time = now
             points, colors = self.simulator.model.memory_points()
             self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, p["odom_frame"]))
-        self._publish_status(stamp, now, frame.result.coverage, time.perf_counter() - started)
+        self._publish_status(stamp, now, frame.result.coverage, frame.in_contact, time.perf_counter() - started)
 
-    def _publish_status(self, stamp: Any, now: float, coverage: float, latency: float) -> None:
+    def _publish_status(self, stamp: Any, now: float, coverage: float, in_contact: bool, latency: float) -> None:
         wall = time.monotonic()
         if self._last_step_wall is not None and wall > self._last_step_wall:
             instant = self.period / (wall - self._last_step_wall)
@@ -319,7 +343,7 @@ class SimNode(Node):
         tokens, size = self.simulator.model.memory_stats()
         status = SimStatus(steps=self.steps, memory_tokens=tokens, memory_bytes=size, view_coverage=float(coverage),
                            step_latency=float(latency), real_time_factor=float(self._real_time_factor),
-                           paused=self.paused, command_stale=self.base.command_is_stale(now))
+                           paused=self.paused, command_stale=self.base.command_is_stale(now), in_contact=in_contact)
         status.header.stamp, status.header.frame_id = stamp, self.params["odom_frame"]
         self.status_pub.publish(status)
 

@@ -1,0 +1,62 @@
+"""The messages of one simulation step, built in one place for the live node and offline rollouts
+alike (so a recorded rollout holds exactly what the node publishes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from builtin_interfaces.msg import Time
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
+
+from mirage_ros.camera import CameraMount, PinholeCamera
+from mirage_ros.ros.conversions import (camera_info_msg, depth_image_msg, odometry_msg, point_cloud_msg,
+                                        rgb_image_msg)
+from mirage_ros.sensors import ScanConfig, depth_to_points, depth_to_scan
+from mirage_ros.simulator import SimFrame
+
+#: Topic (relative to the robot namespace) -> message class, for every per-step output.
+STEP_TOPICS = {
+    "camera/image_raw": Image,
+    "camera/camera_info": CameraInfo,
+    "camera/depth/image_raw": Image,
+    "camera/depth/camera_info": CameraInfo,
+    "camera/depth/points": PointCloud2,
+    "scan": LaserScan,
+    "odom": Odometry,
+}
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    odom_frame: str = "odom"
+    base_frame: str = "base_link"
+    optical_frame: str = "camera_optical_frame"
+    scan: ScanConfig | None = ScanConfig()   # None: no LaserScan
+    depth_points: bool = True                # camera-frame PointCloud2 of the depth image
+
+
+def frame_messages(frame: SimFrame, stamp: Time, camera: PinholeCamera, mount: CameraMount,
+                   output: OutputConfig) -> dict[str, object]:
+    """Every per-step message, keyed by topic, all with the same ``stamp``."""
+    result = frame.result
+    info = camera_info_msg(camera, stamp, output.optical_frame)
+    messages: dict[str, object] = {
+        "camera/image_raw": rgb_image_msg(result.rgb, stamp, output.optical_frame),
+        "camera/camera_info": info,
+        "camera/depth/image_raw": depth_image_msg(result.depth, stamp, output.optical_frame),
+        "camera/depth/camera_info": info,
+        "odom": odometry_msg(frame.pose, frame.velocity, stamp, output.odom_frame, output.base_frame),
+    }
+    if output.depth_points:
+        messages["camera/depth/points"] = point_cloud_msg(depth_to_points(result.depth, camera.K), None, stamp,
+                                                          output.optical_frame)
+    if output.scan is not None:
+        scan = output.scan
+        angle_min, angle_max, ranges = depth_to_scan(result.depth, camera.K, mount.base_to_optical, camera.hfov, scan)
+        msg = LaserScan(angle_min=angle_min, angle_max=angle_max, angle_increment=scan.angle_increment,
+                        time_increment=0.0, scan_time=0.0, range_min=scan.range_min, range_max=scan.range_max)
+        msg.header.stamp, msg.header.frame_id = stamp, output.base_frame
+        msg.ranges = ranges.tolist()
+        messages["scan"] = msg
+    return messages
