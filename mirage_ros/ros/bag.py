@@ -69,10 +69,20 @@ class BagWriter:
         self.counts[topic] = 0
 
     def write(self, topic: str, timestamp_ns: int, data: bytes) -> None:
+        """Write CDR bytes as they are (e.g. as they arrived from DDS)."""
         if topic not in self.connections:
             raise ValueError(f"topic {topic} was not added to the bag")
         self.writer.write(self.connections[topic], int(timestamp_ns), bytes(data))
         self.counts[topic] += 1
+
+    def write_canonical(self, topic: str, timestamp_ns: int, data: bytes) -> None:
+        """Write CDR bytes re-encoded by rosbags: same content, alignment padding zeroed. rclpy's
+        serializer leaves padding bytes uninitialised, so only this makes equal messages equal bytes."""
+        msgtype = self.connections[topic].msgtype if topic in self.connections else None
+        if msgtype is None:
+            raise ValueError(f"topic {topic} was not added to the bag")
+        message = self.typestore.deserialize_cdr(bytes(data), msgtype)
+        self.write(topic, timestamp_ns, bytes(self.typestore.serialize_cdr(message, msgtype)))
 
     def close(self) -> Path:
         """Finish the bag (metadata.yaml) and move it to its final name."""

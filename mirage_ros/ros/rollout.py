@@ -9,7 +9,8 @@
 
 The simulator is built from the same ``config/sim.yaml`` as the node and every step writes the same
 messages the node publishes (``ros/frame_messages.py``), stamped with sim time, plus ``/clock``, ``/tf``
-and the commands. Faster than real time, deterministic per seed; a failure leaves no finished-looking bag.
+and the commands. Faster than real time, deterministic per seed (messages are written in canonical
+CDR, so equal rollouts give byte-identical bags); a failure leaves no finished-looking bag.
 """
 
 from __future__ import annotations
@@ -190,16 +191,16 @@ def rollout(params: dict, schedule: Schedule, steps: int, output: Path, start: S
                 simulator.base.command(vx, vy, wz, stamp=t)
                 command = Twist()
                 command.linear.x, command.linear.y, command.angular.z = float(vx), float(vy), float(wz)
-                bag.write("/cmd_vel", int(round(t * 1e9)), serialize_message(command))
+                bag.write_canonical("/cmd_vel", int(round(t * 1e9)), serialize_message(command))
             elif values is not None:
                 pose = PlanarPose(*values)
             now = t + dt
             frame = simulator.step(dt, now, pose)
             stamp, nanoseconds = time_msg(now), int(round(now * 1e9))
-            bag.write("/clock", nanoseconds, serialize_message(Clock(clock=stamp)))
+            bag.write_canonical("/clock", nanoseconds, serialize_message(Clock(clock=stamp)))
             for topic, message in frame_messages(frame, stamp, simulator.camera, simulator.mount,
                                                  output_settings).items():
-                bag.write("/" + topic, nanoseconds, serialize_message(message))
+                bag.write_canonical("/" + topic, nanoseconds, serialize_message(message))
             bag.write("/tf", nanoseconds, tf_message_cdr(bag.typestore, nanoseconds,
                                                          [(p["odom_frame"], p["base_frame"], frame.pose.matrix())]))
             if preview is not None and k % max(1, steps // 18) == 0:
