@@ -32,6 +32,14 @@ setup(
         "console_scripts": [
             "mirage-sim = mirage_ros.ros.sim_node:main",
             "mirage-run = mirage_ros.ros.run:main",
+            "mirage-record = mirage_ros.ros.recorder:main",
+            "mirage-rollout = mirage_ros.ros.rollout:main",
+            "mirage-dataset = mirage_ros.worlds.dataset:main",
+            "mirage-contact-sheet = mirage_ros.worlds.contact_sheet:main",
+            "mirage-train-autoencoder = mirage_ros.training.train_autoencoder:main",
+            "mirage-train-denoiser = mirage_ros.training.train_denoiser:main",
+            "mirage-export = mirage_ros.training.export:main",
+            "mirage-evaluate = mirage_ros.training.evaluate:main",
         ],
     },
 )

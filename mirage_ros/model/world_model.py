@@ -255,15 +255,28 @@ class WorldModel:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
 
     def nearest_obstacle(self, x: float, y: float, min_height: float, max_height: float) -> float:
-        """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface point between the
-        two heights (memory frame, z up); ``inf`` when there is none."""
+        """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two
+        heights (memory frame, z up); ``inf`` when there is none.
+
+        A latent token stands for a surface patch (its position, normal and footprint), so the distance
+        is to that patch: along the normal, plus any sideways overshoot beyond half its footprint.
+        Explicit-memory points are dense: plain point distance.
+        """
         if self.memory_kind == "none":
             return math.inf
         positions = self.memory.positions
-        band = positions[(positions[:, 2] >= min_height) & (positions[:, 2] <= max_height)]
-        if band.numel() == 0:
+        band = (positions[:, 2] >= min_height) & (positions[:, 2] <= max_height)
+        if not bool(band.any()):
             return math.inf
-        return float(torch.hypot(band[:, 0] - x, band[:, 1] - y).min())
+        offset = torch.tensor([x, y], dtype=torch.float64) - positions[band, :2].double()
+        if self.memory_kind == "explicit":
+            return float(offset.norm(dim=1).min())
+        normal = self.memory.normals[band, :2].double()
+        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        along = (offset * normal).sum(1)
+        sideways = (offset - along[:, None] * normal).norm(dim=1)
+        overshoot = (sideways - self.memory.extents[band].double() / 2).clamp_min(0)
+        return float(torch.hypot(along, overshoot).min())
 
     def memory_stats(self) -> tuple[int, int]:
         """Tokens (or points) held and their bytes."""
