@@ -51,6 +51,7 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
     """
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
+    torch.set_flush_denormal(True)  # denormals make CPU kernels crawl; nothing learnable lives there
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start = 0
     if has_checkpoint(args.output):

@@ -1,9 +1,10 @@
 """Encode a dataset split once with a frozen autoencoder: the denoiser trains on these latents.
 
-For every sequence: latents ``[T,C,h,w]`` (posterior mode, scaled) and the depth the autoencoder's
-decoder reconstructs from them ``[T,H,W]``: memories in training are placed with the model's own
-depth, as they are at inference. Cached as one safetensors file (fp16) keyed by the autoencoder's
-weights, so a different autoencoder never reuses a stale cache.
+For every sequence: latents ``[T,C,h,w]`` (posterior mode, scaled) and a depth ``[T,H,W]`` to place
+them in memory: the rendered depth by default (one encoder pass per frame), or with
+``decoder_depth=True`` the depth the autoencoder's decoder reconstructs, as at inference (a decoder
+pass per frame too, several times slower on a CPU). Cached as one safetensors file (fp16) keyed by
+the autoencoder's weights and that choice, so a different autoencoder never reuses a stale cache.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def autoencoder_fingerprint(autoencoder: RGBDAutoencoder) -> str:
 
 
 @torch.no_grad()
-def encode_sequences(autoencoder: RGBDAutoencoder, sequences: SequenceDataset, batch_size: int = 32
-                     ) -> LatentSequences:
+def encode_sequences(autoencoder: RGBDAutoencoder, sequences: SequenceDataset, batch_size: int = 32,
+                     decoder_depth: bool = False) -> LatentSequences:
     autoencoder.eval()
     latents, depths, intrinsics, poses = [], [], [], []
     for index in tqdm(range(len(sequences)), desc=f"encoding {sequences.folder.name}", unit="sequence"):
@@ -43,7 +44,7 @@ def encode_sequences(autoencoder: RGBDAutoencoder, sequences: SequenceDataset, b
             chunk = slice(start, start + batch_size)
             latent = autoencoder.encode(rgb[chunk], item["depth"][chunk].float())
             sequence_latents.append(latent)
-            sequence_depths.append(autoencoder.decode(latent)[1])
+            sequence_depths.append(autoencoder.decode(latent)[1] if decoder_depth else item["depth"][chunk].float())
         latents.append(torch.cat(sequence_latents).half())
         depths.append(torch.cat(sequence_depths).half())
         intrinsics.append(item["K"].numpy())
@@ -51,9 +52,11 @@ def encode_sequences(autoencoder: RGBDAutoencoder, sequences: SequenceDataset, b
     return LatentSequences(latents, depths, intrinsics, poses)
 
 
-def load_or_build_latent_sequences(autoencoder: RGBDAutoencoder, data: Path, split: str, cache: Path) -> LatentSequences:
+def load_or_build_latent_sequences(autoencoder: RGBDAutoencoder, data: Path, split: str, cache: Path,
+                                   decoder_depth: bool = False) -> LatentSequences:
     """The split's latent sequences, from ``cache`` when it was built by this very autoencoder."""
-    fingerprint = autoencoder_fingerprint(autoencoder)
+    torch.set_flush_denormal(True)
+    fingerprint = autoencoder_fingerprint(autoencoder) + ("-decoder-depth" if decoder_depth else "")
     if cache.is_file():
         with safe_open(str(cache), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -64,7 +67,7 @@ def load_or_build_latent_sequences(autoencoder: RGBDAutoencoder, data: Path, spl
                                        [get(f"depth.{i}") for i in range(count)],
                                        [get(f"K.{i}").numpy() for i in range(count)],
                                        [get(f"pose.{i}").numpy() for i in range(count)])
-    sequences = encode_sequences(autoencoder, SequenceDataset(data, split))
+    sequences = encode_sequences(autoencoder, SequenceDataset(data, split), decoder_depth=decoder_depth)
     tensors = {}
     for i in range(len(sequences)):
         tensors[f"latent.{i}"] = sequences.latents[i].contiguous()

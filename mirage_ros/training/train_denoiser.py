@@ -2,8 +2,8 @@
 
     mirage-train-denoiser --data DATASET --autoencoder RUN/checkpoint --output RUN_DN --steps 4000
 
-The dataset's training split is encoded once with the frozen autoencoder (latents plus the decoder's
-own depth, cached in ``--output/latents.safetensors``); examples are then drawn with memories built as
+The dataset's training split is encoded once with the frozen autoencoder (latents plus the depth that
+places them in memory, cached in ``--output/latents.safetensors``); examples are then drawn with memories built as
 ``WorldModel`` builds them (see ``samples.py``). Interrupt at any time: rerunning the command resumes.
 """
 
@@ -55,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autoencoder", type=str, required=True, help="trained autoencoder checkpoint directory")
     parser.add_argument("--block-out-channels", type=int, nargs="+", default=[64, 128, 128])
     parser.add_argument("--voxel-size", type=float, default=0.05, help="memory voxel size (m) for the examples")
+    parser.add_argument("--decoder-depth", action="store_true",
+                        help="place remembered tokens with the decoder's depth (as at inference; slower to cache)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
     autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
-    sequences = load_or_build_latent_sequences(autoencoder, args.data, "train", args.output / "latents.safetensors")
+    sequences = load_or_build_latent_sequences(autoencoder, args.data, "train", args.output / "latents.safetensors",
+                                               args.decoder_depth)
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
     samples = MemoryConditionedSamples(sequences, memory_config, SampleConfig(), seed=args.seed)
