@@ -294,14 +294,15 @@ class LatentSpatialMemory:
         channels = self.channels or 0
         latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)
         radius = None
-        # A surface is seen from its front side only: tokens facing away from the camera are culled,
-        # so the far side of a wall never shows through it.
-        to_camera = pose[:3, 3] - self.positions.double()
-        front = (to_camera * self.normals.double()).sum(1) > 0
-        points = torch.where(front.unsqueeze(1), self.positions, torch.full_like(self.positions, float("nan")))
+        # A surface is seen from its front side only: tokens facing away from the camera are culled
+        # (moved behind it), so the far side of a wall never shows through it.
+        eye = pose[:3, 3].float()
+        front = ((eye - self.positions) * self.normals.float()).sum(1) > 0
+        behind_camera = eye - pose[:3, 2].float()  # a point 1 m behind the camera is never drawn
+        points = torch.where(front.unsqueeze(1), self.positions, behind_camera)
         if self.config.max_splat_radius and self.keys.numel():
-            camera_z = (self.positions.double() - pose[:3, 3]) @ pose[:3, 2]
-            footprint = self.extents.double() * K_latent[0, 0] / camera_z.clamp_min(1e-6)  # latent pixels
+            camera_z = (self.positions - eye) @ pose[:3, 2].float()
+            footprint = self.extents * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
             radius = torch.ceil((footprint - 1.0) / 2).long().clamp(0, self.config.max_splat_radius)
         winner, depth, hit = zbuffer(points, pose, K_latent, (h, w), radius)
         covered = winner >= 0

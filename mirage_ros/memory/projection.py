@@ -2,9 +2,10 @@
 deterministic z-buffer with optional footprint splats.
 
 The z-buffer never relies on the order in which a scatter with repeated indices lands (undefined in
-PyTorch, nondeterministic on CUDA). Candidates are sorted stably by ``(pixel, quantised depth)``; the
-first candidate of each pixel wins, and its depth and feature are taken from that same candidate. The
-input order (token order) breaks exact ties, so results are identical run to run and on CPU and CUDA.
+PyTorch, nondeterministic on CUDA). Each candidate's key packs its quantised depth above its point
+index, and a per-pixel ``amin`` reduction of those keys picks the nearest candidate (ties: the lower
+index); depth and feature are then taken from that same point. ``amin`` over integers is exact and
+order-independent, so results are identical run to run and on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from mirage_ros.geometry import validate_transform
 NEAR_PLANE = 0.02
 #: Depth quantum of the z-buffer ordering key (metres); reported depths stay exact.
 DEPTH_QUANTUM = 1e-5
+#: Bits of a z-buffer key that hold the point index (the rest hold the quantised depth).
+_INDEX_BITS = 24
 #: Relative depth handicap per pixel of splat offset, so a token's own pixel beats its neighbours'
 #: footprints on the same surface while a genuinely nearer surface still wins.
 SPLAT_DEPTH_PENALTY = 0.01
@@ -88,18 +91,6 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
     return points_camera @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 
 
-def project(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel coordinates ``u, v`` and z-depth of world points seen from ``cam_to_world``."""
-    rotation, translation = cam_to_world[:3, :3], cam_to_world[:3, 3]
-    camera = (points_world.to(torch.float64) - translation) @ rotation
-    z = camera[:, 2]
-    safe = torch.where(z > NEAR_PLANE, z, torch.ones_like(z))
-    u = K[0, 0] * camera[:, 0] / safe + K[0, 1] * camera[:, 1] / safe + K[0, 2]
-    v = K[1, 1] * camera[:, 1] / safe + K[1, 2]
-    return u, v, z
-
-
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
             splat_radius: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest point per pixel of an ``hw`` image.
@@ -107,46 +98,67 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     Returns ``winner [h*w]`` (index of the point shown at each pixel, -1 if none), ``depth [h*w]``
     (its z-depth, NaN if none) and ``hit [N]`` (whether each point won at least one pixel).
     ``splat_radius [N]`` (ints, optional) widens each point to a square footprint of that radius.
+
+    Each candidate gets one int64 key, ``quantised depth << 24 | point index``; a per-pixel
+    ``scatter_reduce(amin)`` of the keys is exact and order-independent, so the nearest candidate wins
+    (ties: the lower point index) on any device, in one linear pass.
     """
     h, w = hw
     count = points_world.shape[0]
-    winner = torch.full((h * w,), -1, dtype=torch.long, device=points_world.device)
-    depth_out = torch.full((h * w,), float("nan"), dtype=torch.float64, device=points_world.device)
-    hit = torch.zeros(count, dtype=torch.bool, device=points_world.device)
+    device = points_world.device
+    winner = torch.full((h * w,), -1, dtype=torch.long, device=device)
+    depth_out = torch.full((h * w,), float("nan"), dtype=torch.float64, device=device)
+    hit = torch.zeros(count, dtype=torch.bool, device=device)
     if count == 0:
         return winner, depth_out, hit
-    u, v, z = project(points_world, cam_to_world, K)
-    finite = torch.isfinite(z)  # NaN points (culled by the caller) never show
-    z = torch.where(finite, z, torch.full_like(z, -1.0))
-    u, v = torch.nan_to_num(u), torch.nan_to_num(v)
+    if count >= 1 << _INDEX_BITS:
+        raise ValueError(f"at most {(1 << _INDEX_BITS) - 1} points can be projected at once, got {count}")
+    rotation = cam_to_world[:3, :3].to(points_world.dtype)
+    translation = cam_to_world[:3, 3].to(points_world.dtype)
+    camera = (points_world - translation) @ rotation
+    z = camera[:, 2]
+    radius = splat_radius if splat_radius is not None else torch.zeros(count, dtype=torch.long, device=device)
+    max_radius = int(radius.max())
+    # Cull on the cheap first: behind the camera, NaN (culled by the caller) or outside the grid.
+    ahead = torch.nonzero(z > NEAR_PLANE).squeeze(1)
+    z, camera, radius = z[ahead], camera[ahead], radius[ahead]
+    K32 = K.to(points_world.dtype)
+    u = (K32[0, 0] * camera[:, 0] + K32[0, 1] * camera[:, 1]) / z + K32[0, 2]
+    v = K32[1, 1] * camera[:, 1] / z + K32[1, 2]
     ui, vi = torch.round(u).long(), torch.round(v).long()
-    radius = splat_radius if splat_radius is not None else torch.zeros(count, dtype=torch.long, device=u.device)
-    max_radius = int(radius.max()) if count else 0
-    # Cheap frustum cull before generating splat candidates.
-    visible = (z > NEAR_PLANE) & (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
-    index = torch.nonzero(visible).squeeze(1)
-    if index.numel() == 0:
+    inside = (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
+    keep = torch.nonzero(inside).squeeze(1)
+    index, ui, vi, z, radius = ahead[keep], ui[keep], vi[keep], z[keep], radius[keep]
+    pixels, candidates, order_depth, true_depth = [], [], [], []
+    # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
+    for ring_radius in range(max_radius + 1):
+        members = torch.nonzero(radius == ring_radius).squeeze(1)
+        if members.numel() == 0:
+            continue
+        offsets = torch.arange(-ring_radius, ring_radius + 1, device=device)
+        dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+        dy, dx = dy.reshape(-1), dx.reshape(-1)
+        ring = torch.maximum(dx.abs(), dy.abs())
+        cu, cv = ui[members, None] + dx, vi[members, None] + dy
+        valid = (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
+        pixels.append((cv * w + cu)[valid])
+        candidates.append(index[members, None].expand_as(cu)[valid])
+        depth = z[members, None]
+        order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
+        true_depth.append(depth.expand_as(cu)[valid])
+    if not pixels:
         return winner, depth_out, hit
-    ui, vi, z, radius = ui[index], vi[index], z[index], radius[index]
-    offsets = torch.arange(-max_radius, max_radius + 1, device=u.device)
-    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    dy, dx = dy.reshape(-1), dx.reshape(-1)
-    ring = torch.maximum(dx.abs(), dy.abs())
-    cu = ui[:, None] + dx[None]
-    cv = vi[:, None] + dy[None]
-    keep = (ring[None] <= radius[:, None]) & (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
-    candidate_point = index[:, None].expand_as(cu)[keep]
-    pixel = (cv * w + cu)[keep]
-    order_depth = (z[:, None] * (1.0 + SPLAT_DEPTH_PENALTY * ring[None]))[keep]
-    true_depth = z[:, None].expand_as(cu)[keep]
-    quantised = torch.round(order_depth / DEPTH_QUANTUM).long().clamp(max=2**34)
-    key = pixel * (2**35) + quantised
-    order = torch.sort(key, stable=True).indices
-    pixel_sorted = pixel[order]
-    first = torch.ones_like(pixel_sorted, dtype=torch.bool)
-    first[1:] = pixel_sorted[1:] != pixel_sorted[:-1]
-    chosen = order[first]
-    winner[pixel[chosen]] = candidate_point[chosen]
-    depth_out[pixel[chosen]] = true_depth[chosen]
-    hit[candidate_point[chosen]] = True
+    pixel, candidate = torch.cat(pixels), torch.cat(candidates)
+    quantised = torch.round(torch.cat(order_depth).double() / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
+    key = (quantised << _INDEX_BITS) | candidate
+    best = torch.full((h * w,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+    best.scatter_reduce_(0, pixel, key, "amin")
+    covered = best != torch.iinfo(torch.long).max
+    chosen_point = best[covered] & ((1 << _INDEX_BITS) - 1)
+    winner[covered] = chosen_point
+    # The reported depth is the winner's exact z (not the quantised, splat-handicapped ordering key).
+    depth_lookup = torch.zeros(count, dtype=torch.float64, device=device)
+    depth_lookup[index] = z.double()
+    depth_out[covered] = depth_lookup[chosen_point]
+    hit[chosen_point] = True
     return winner, depth_out, hit
