@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from geometry_msgs.msg import Twist
-from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from mirage_ros.model import DEFAULT_CHECKPOINT
-from mirage_ros.ros.conversions import image_to_array, seconds_of
+from mirage_ros.ros.conversions import image_to_array
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 from mirage_ros.training.metrics import psnr
 from ros_harness import node_process, ros_client

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mirage_ros.camera import CameraMount, PinholeCamera
-from mirage_ros.kinematics import BaseLimits, PlanarBase, PlanarPose
+from mirage_ros.kinematics import BaseLimits, PlanarBase
 from mirage_ros.model.world_model import WorldModel
 from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec, load_observation
 from scenes import box_depth

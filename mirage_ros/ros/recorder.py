@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from mirage_ros.ros.bag import BagWriter
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
+from mirage_ros.ros.spin import run_node
 
 NODE_NAME = "mirage_record"
 
@@ -87,22 +86,8 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        rclpy.spin(node)
-    except (ValueError, FileExistsError) as error:
-        print(f"{NODE_NAME}: {error}", flush=True)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Entry point of ``ros2 run mirage_ros mirage_record`` and of the ``mirage-record`` console script."""
+    return run_node(RecorderNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

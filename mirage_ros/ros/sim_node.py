@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist, TwistStamped
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
@@ -33,6 +31,7 @@ from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, po
                                         time_msg, transform_stamped_msg, twist_from_msg)
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
+from mirage_ros.ros.spin import run_node
 from mirage_ros.sensors import ScanConfig
 from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
@@ -350,21 +349,7 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run mirage_ros mirage_sim`` and of the ``mirage-sim`` console script."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except ValueError as error:
-        print(f"{NODE_NAME}: {error}", flush=True)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimNode, NODE_NAME, args)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
-from mirage_ros.model.world_model import SamplingConfig, WorldModel
+from mirage_ros.model.world_model import WorldModel
 from mirage_ros.training.metrics import depth_abs_rel, psnr, ssim
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth

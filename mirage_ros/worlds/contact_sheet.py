@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.worlds.generator import World, generate_world
-from mirage_ros.worlds.trajectories import KINDS, Trajectory, TrajectoryConfig, generate_trajectory
+from mirage_ros.worlds.trajectories import KINDS, Trajectory, generate_trajectory
 
 #: Depth colour map stops (near -> far): a perceptually ordered yellow-red-purple-blue ramp.
 _DEPTH_STOPS = np.array([[253, 231, 37], [245, 130, 50], [200, 50, 90], [110, 30, 130], [20, 20, 70]], float)
