@@ -32,6 +32,7 @@ class ExplicitPointCloudMemory:
     def bytes(self) -> int:
         return self.positions.numel() * 4 + self.colors.numel()
 
+    @torch.inference_mode()
     def write(self, rgb: torch.Tensor | np.ndarray, depth: np.ndarray | torch.Tensor, K: np.ndarray,
               cam_to_world: np.ndarray, valid: np.ndarray | torch.Tensor | None = None) -> int:
         """Add a point per valid pixel. ``rgb``: uint8 ``[3,H,W]``, or float in [0, 1]."""
@@ -52,6 +53,7 @@ class ExplicitPointCloudMemory:
         self.colors = torch.cat([self.colors, rgb.permute(1, 2, 0)[usable]])
         return int(points.shape[0])
 
+    @torch.inference_mode()
     def read(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int]) -> MemoryRead:
         """Render the cloud: ``latent`` holds RGB ``[3,H,W]`` in [0, 1] (zeros where uncovered)."""
         height, width = int(image_hw[0]), int(image_hw[1])

@@ -126,7 +126,8 @@ def _group_mean(keys: torch.Tensor, values: list[torch.Tensor]
 
 
 class LatentSpatialMemory:
-    """A bounded, fused 3D cache of latent tokens; see the module docstring."""
+    """A bounded, fused 3D cache of latent tokens; see the module docstring. It never needs gradients:
+    every operation runs in inference mode, so it can be used from inside or outside one."""
 
     def __init__(self, config: LatentMemoryConfig | None = None, device: str | torch.device = "cpu") -> None:
         self.config = config or LatentMemoryConfig()
@@ -202,6 +203,7 @@ class LatentSpatialMemory:
         features = latent.reshape(channels, h * w).T[ids]
         return world, world_normals, features, extent[ids]
 
+    @torch.inference_mode()
     def write(self, latent: torch.Tensor, depth: np.ndarray | torch.Tensor, K: np.ndarray,
               cam_to_world: np.ndarray, valid: np.ndarray | torch.Tensor | None = None) -> int:
         """Lift a frame's tokens into the memory; returns how many tokens were written.
@@ -281,6 +283,7 @@ class LatentSpatialMemory:
         self._set_state({name: getattr(self, name)[keep] for name in _FIELDS})
 
     # ------------------------------------------------------------------ read
+    @torch.inference_mode()
     def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int]) -> MemoryRead:
         """The memory seen from ``cam_to_world`` with image-resolution ``K`` on an ``latent_hw`` grid."""
         h, w = int(latent_hw[0]), int(latent_hw[1])
@@ -325,6 +328,7 @@ class LatentSpatialMemory:
         save_file(tensors, str(partial), metadata=metadata)
         partial.replace(path)
 
+    @torch.inference_mode()
     def load(self, path: str | Path) -> None:
         """Replace the memory with a saved one; a missing, corrupt, truncated or mismatched file raises
         ``ValueError`` and leaves the current memory untouched."""

@@ -319,7 +319,12 @@ class WorldModel:
         return StepResult(rgb_u8, depth.float().cpu().numpy(), coverage_fraction, timings)
 
     def _denoise(self, view: MemoryView, motion: torch.Tensor, coverage_fraction: float) -> torch.Tensor:
-        """The explicit sampling loop: x0-prediction turned into flow-matching velocity per step."""
+        """The explicit sampling loop: x0-prediction turned into flow-matching velocity per step.
+
+        What memory holds is not regenerated: at every step the covered tokens of the sample are
+        replaced by the memory read noised to the current level (inpainting), and the result keeps the
+        remembered tokens, so revisited places stay as they were and errors cannot compound there.
+        """
         sigmas = self.sampling.sigmas(coverage_fraction)
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
         noise = torch.randn((1, *view.latent.shape), generator=self._generator, device=self.device)
@@ -329,12 +334,14 @@ class WorldModel:
         coverage = view.coverage[None].float()
         depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))[None]
         context, motion = self._context[None], motion[None].to(self.device)
+        known = coverage.unsqueeze(1)
         for timestep, sigma in zip(self.scheduler.timesteps, self.scheduler.sigmas):
+            sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
             sigma_batch = sigma.reshape(1).to(self.device)
             clean = self.denoiser(sample, sigma_batch, memory_latent, coverage, depth, context, motion)
             velocity = (sample - clean) / sigma
             sample = self.scheduler.step(velocity, timestep, sample).prev_sample
-        return sample[0]
+        return (known * memory_latent + (1.0 - known) * sample)[0]
 
     # ------------------------------------------------------------------ memory access
     def _read(self, cam_to_world: np.ndarray) -> MemoryView:
