@@ -50,8 +50,16 @@ def test_executables_exist_and_run_the_node_main():
 def test_launch_file_names_installed_executables_and_config():
     tree = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    executables = {kw.value.value for call in calls for kw in call.keywords if kw.arg == "executable"}
-    assert executables <= {p.name for p in (ROOT / "scripts").iterdir()}
+    nodes = [{kw.arg: kw.value.value for kw in call.keywords if kw.arg in ("package", "executable")}
+             for call in calls if getattr(call.func, "id", None) == "Node"]
+    assert nodes
+    ours = {p.name for p in (ROOT / "scripts").iterdir()}
+    declared = {d.name for d in parse_package(str(ROOT / "package.xml")).exec_depends}
+    for node in nodes:
+        if node["package"] == "mirage_ros":
+            assert node["executable"] in ours, node          # installed by CMakeLists.txt
+        else:
+            assert node["package"] in declared, node         # another package: a declared dependency
     arguments = {call.args[0].value for call in calls
                  if getattr(call.func, "id", None) == "DeclareLaunchArgument"}
     assert {"config", "namespace", "use_sim_time"} <= arguments
