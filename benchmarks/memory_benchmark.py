@@ -92,6 +92,7 @@ def main() -> int:
     big._set_state({"keys": keys, "positions": points, "normals": torch.nn.functional.normalize(
                         torch.randn(count, 3, generator=generator), dim=1).half(),
                     "features": torch.randn(count, 8, generator=generator).half(),
+                    "view_depths": torch.full((count,), 2.0, dtype=torch.float16),
                     "weights": torch.ones(count), "extents": torch.full((count,), 0.1),
                     "last_seen": torch.zeros(count, dtype=torch.long)})
     view = trajectory.cam_to_world[0].copy()

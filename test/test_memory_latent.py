@@ -62,6 +62,23 @@ def test_read_from_another_view_has_true_depth_and_correct_occlusion():
     assert box_only.any() and np.all(depth[box_only & covered] < 3.6)
 
 
+def test_tokens_remember_the_depth_they_were_seen_at():
+    """A token's features encode depth as seen when written; the read reports that depth next to the
+    depth seen now, so the model can rescale what it decodes."""
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(), depth_at(A), CAMERA.K, A)
+    same = memory.read(A, CAMERA.K, (16, 16))
+    torch.testing.assert_close(same.source_depth[same.coverage], same.depth[same.coverage], rtol=1e-3, atol=0)
+    closer = look_at((-1.0, 0.0, 1.0), (5.0, 0.0, 1.0))  # 1 m nearer along the same axis
+    read = memory.read(closer, CAMERA.K, (16, 16))
+    covered = read.coverage
+    assert covered.float().mean() > 0.3  # no splats in EXACT: approaching leaves gaps
+    # Moving straight ahead by 1 m: every surface is exactly 1 m nearer along the optical axis.
+    torch.testing.assert_close(read.source_depth[covered] - read.depth[covered],
+                               torch.ones(int(covered.sum())), rtol=0, atol=2e-3)
+    assert torch.isnan(read.source_depth[~covered]).all()
+
+
 def test_a_surface_seen_from_behind_is_not_shown_through_the_object():
     memory = LatentSpatialMemory(EXACT)
     memory.write(latent(), depth_at(A), CAMERA.K, A)

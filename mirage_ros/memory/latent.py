@@ -4,7 +4,9 @@ Write (lift): every latent token gets a 3D point from the depth of its image pat
 depths are split at their largest relative gap; if that gap is a real discontinuity the token is placed
 on the nearer cluster only (an edge token belongs to the object in front, never to the empty space
 between object and wall), at the back-projection of the cluster pixel nearest the cluster's image
-centroid: always a real surface point, never an average that floats in front of a crease. Tokens are keyed by voxel: repeated observations of a voxel fuse (confidence-weighted
+centroid: always a real surface point, never an average that floats in front of a crease. Each token
+also keeps the depth it was seen at (fused like its features), because its features encode depth as
+seen from there. Tokens are keyed by voxel: repeated observations of a voxel fuse (confidence-weighted
 running mean, confidence capped so newer observations keep a say) instead of appending, and past
 ``capacity`` voxels the least recently seen are evicted, so memory stops growing once a place is known.
 
@@ -29,10 +31,10 @@ from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (MemoryRead, depth_tensor, intrinsics_tensor, pixel_rays, pose_tensor,
                                           to_world, zbuffer)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
-_FIELDS = ("keys", "positions", "normals", "features", "weights", "extents", "last_seen")
+_FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class LatentSpatialMemory:
                 "positions": torch.zeros((0, 3), dtype=torch.float32, device=self.device),
                 "normals": torch.zeros((0, 3), dtype=torch.float16, device=self.device),
                 "features": torch.zeros((0, channels), dtype=dtype, device=self.device),
+                "view_depths": torch.zeros(0, dtype=torch.float16, device=self.device),
                 "weights": torch.zeros(0, dtype=torch.float32, device=self.device),
                 "extents": torch.zeros(0, dtype=torch.float32, device=self.device),
                 "last_seen": torch.zeros(0, dtype=torch.long, device=self.device)}
@@ -164,9 +167,9 @@ class LatentSpatialMemory:
 
     # ------------------------------------------------------------------ write
     def _lift(self, latent: torch.Tensor, depth: torch.Tensor, usable: torch.Tensor, K: torch.Tensor,
-              cam_to_world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token points ``[M,3]`` and unit normals ``[M,3]`` in the world, features ``[M,C]`` and
-        footprint extents ``[M]`` (metres)."""
+              cam_to_world: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Token points ``[M,3]`` and unit normals ``[M,3]`` in the world, features ``[M,C]``, the
+        depths they were seen at ``[M]`` and footprint extents ``[M]`` (metres)."""
         channels, h, w = latent.shape
         p = self.config.patch_size
         points = pixel_rays(K, h * p, w * p) * depth.unsqueeze(-1)            # camera frame, [H,W,3]
@@ -201,7 +204,7 @@ class LatentSpatialMemory:
         world = to_world(surface[ids], cam_to_world)
         world_normals = normal[ids] @ cam_to_world[:3, :3].T
         features = latent.reshape(channels, h * w).T[ids]
-        return world, world_normals, features, extent[ids]
+        return world, world_normals, features, surface[ids, 2], extent[ids]
 
     @torch.inference_mode()
     def write(self, latent: torch.Tensor, depth: np.ndarray | torch.Tensor, K: np.ndarray,
@@ -224,7 +227,7 @@ class LatentSpatialMemory:
         depth, usable = depth_tensor(depth, (h * p, w * p), self.device, valid)
         K_t = intrinsics_tensor(K, self.device)
         pose = pose_tensor(cam_to_world, self.device)
-        points, normals, features, extents = self._lift(latent.to(torch.float64), depth, usable, K_t, pose)
+        points, normals, features, view_depths, extents = self._lift(latent.to(torch.float64), depth, usable, K_t, pose)
         if points.shape[0] == 0:
             return 0
         keys = voxel_keys(points, self.config.voxel_size)  # may raise: still nothing changed
@@ -233,12 +236,15 @@ class LatentSpatialMemory:
             self._set_state(self._empty_state(channels))
         self.write_count += 1
         self.observations += int(points.shape[0])
-        self._fuse(keys, points, normals, features, extents)
+        self._fuse(keys, points, normals, features, view_depths.log(), extents)
         return int(points.shape[0])
 
     def _fuse(self, keys: torch.Tensor, points: torch.Tensor, normals: torch.Tensor, features: torch.Tensor,
-              extents: torch.Tensor) -> None:
-        new_keys, (new_points, new_normals, new_features), counts, group = _group_mean(keys, [points, normals, features])
+              log_depths: torch.Tensor, extents: torch.Tensor) -> None:
+        """Merge new tokens into the store; features and the depths they encode (mixed in log space)
+        get the same weights."""
+        new_keys, (new_points, new_normals, new_features, new_log_depths), counts, group = _group_mean(
+            keys, [points, normals, features, log_depths])
         new_extents = torch.full((new_keys.numel(),), float("inf"), dtype=torch.float64, device=self.device)
         new_extents.scatter_reduce_(0, group, extents, "amin")
         new_weights = counts.to(torch.float64)
@@ -255,6 +261,9 @@ class LatentSpatialMemory:
             self.positions[old] = (self.positions[old].double() * (1 - mix) + new_points[found] * mix).float()
             self.normals[old] = _unit(self.normals[old].double() * (1 - mix) + new_normals[found] * mix).half()
             self.features[old] = (self.features[old].double() * (1 - mix) + new_features[found] * mix).to(self.features.dtype)
+            mix = mix.squeeze(1)
+            self.view_depths[old] = torch.exp(self.view_depths[old].double().log() * (1 - mix)
+                                              + new_log_depths[found] * mix).half()
             self.weights[old] = total.clamp(max=self.config.max_confidence).float()
             self.extents[old] = torch.minimum(self.extents[old], new_extents[found].float())
             self.last_seen[old] = self.write_count
@@ -266,6 +275,7 @@ class LatentSpatialMemory:
             self.positions = torch.cat([self.positions, new_points[fresh].float()])[order]
             self.normals = torch.cat([self.normals, _unit(new_normals[fresh]).half()])[order]
             self.features = torch.cat([self.features, new_features[fresh].to(self.features.dtype)])[order]
+            self.view_depths = torch.cat([self.view_depths, new_log_depths[fresh].exp().half()])[order]
             self.weights = torch.cat([self.weights, new_weights[fresh].float()])[order]
             self.extents = torch.cat([self.extents, new_extents[fresh].float()])[order]
             self.last_seen = torch.cat([self.last_seen, torch.full((int(fresh.sum()),), self.write_count,
@@ -311,10 +321,13 @@ class LatentSpatialMemory:
         covered = winner >= 0
         if channels:
             latent[:, covered] = self.features[winner[covered]].float().T
+        source_depth = torch.full((h * w,), float("nan"), device=self.device)
+        source_depth[covered] = self.view_depths[winner[covered]].float()
         self.last_seen[hit] = self.write_count
         coverage = covered.reshape(h, w)
         self.last_read_coverage = float(coverage.float().mean())
-        return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w))
+        return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w),
+                          source_depth.reshape(h, w))
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
@@ -361,6 +374,7 @@ class LatentSpatialMemory:
                 raise ValueError(f"{path}: tensor {name!r} is missing or has the wrong type or shape")
         if count and not (bool(torch.all(state["keys"][1:] > state["keys"][:-1]))
                           and bool(torch.isfinite(state["positions"]).all())
+                          and bool((state["view_depths"].float() > 0).all())
                           and bool(torch.isfinite(state["features"].float()).all())):
             raise ValueError(f"{path}: memory content is inconsistent (unsorted keys or non-finite values)")
         self._set_state({name: tensor.to(self.device) for name, tensor in state.items()})

@@ -32,11 +32,17 @@ SPLAT_DEPTH_PENALTY = 0.01
 @dataclass
 class MemoryRead:
     """A memory seen from a camera: ``latent [C,h,w]`` (RGB in [0,1] for the explicit memory),
-    ``coverage [h,w]`` bool and ``depth [h,w]`` metres along the optical axis, NaN where uncovered."""
+    ``coverage [h,w]`` bool and ``depth [h,w]`` metres along the optical axis, NaN where uncovered.
+
+    ``source_depth [h,w]`` (latent memory only): the depth at which each shown token was observed.
+    A token's features encode the depth of the view that wrote it; ``depth / source_depth`` is the
+    factor that turns its decoded depth into depth seen from this camera.
+    """
 
     latent: torch.Tensor
     coverage: torch.Tensor
     depth: torch.Tensor
+    source_depth: torch.Tensor | None = None
 
     @property
     def coverage_fraction(self) -> float:

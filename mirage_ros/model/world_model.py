@@ -92,6 +92,7 @@ class MemoryView:
     coverage: torch.Tensor     # [h, w] bool
     depth: torch.Tensor        # [h, w] metres, 0 where uncovered
     pixel_coverage: torch.Tensor  # [H, W] bool, what is already known at image resolution
+    depth_scale: torch.Tensor | None = None  # [H, W] decoded depth -> depth seen from here (None: 1)
 
 
 def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray) -> torch.Tensor:
@@ -129,6 +130,10 @@ class WorldModel:
         self.device = torch.device(device)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.denoiser = denoiser.to(self.device).eval()
+        if self.device.type == "cpu":
+            # oneDNN convolutions run faster on channels-last (NHWC) weights on a CPU.
+            for module in (self.autoencoder, self.denoiser):
+                module.to(memory_format=torch.channels_last)
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=denoiser.config.num_train_timesteps)
         self.image_size = tuple(image_size)
         factor = autoencoder.downsample_factor
@@ -306,6 +311,8 @@ class WorldModel:
         started = time.perf_counter()
         rgb, depth = self.autoencoder.decode(latent[None])
         rgb, depth = rgb[0], depth[0]
+        if view.depth_scale is not None:
+            depth = depth * view.depth_scale
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -355,9 +362,11 @@ class WorldModel:
         if self.memory_kind == "latent":
             read = self.memory.read(cam_to_world, self.K, self.latent_size)
             factor = self.autoencoder.downsample_factor
-            pixel_coverage = read.coverage.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+            to_pixels = lambda grid: grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+            # Remembered tokens are decoded as they were seen; rescale their depth to this viewpoint.
+            scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
             return MemoryView(read.latent.float(), read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                              pixel_coverage)
+                              to_pixels(read.coverage), to_pixels(scale))
         # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
         render = self.memory.read(cam_to_world, self.K, self.image_size)
         latent = self.autoencoder.encode(render.latent.float()[None], render.depth[None])[0]  # NaN depth = far

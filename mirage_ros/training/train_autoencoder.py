@@ -2,19 +2,25 @@
 
     mirage-train-autoencoder --data DATASET --output RUN_AE --steps 1500 --batch-size 16
 
-Loss: L1 on colour and on normalised (log) depth where the depth is valid, plus a small KL term.
-After the last step the latent statistics of a sample of training frames set ``latent_shift`` and
+Loss: L1 on colour and on normalised (log) depth where the depth is valid, L1 on their image
+gradients (sharp edges, where depth errors concentrate), plus a small KL term. The network is fully
+convolutional, so it trains on random crops (``--crop-size``; 64 px is ~5x cheaper per frame than
+128 px on a CPU) and runs on whole frames. ``--init-from`` starts from another checkpoint's weights
+(fine-tuning); a run directory with a checkpoint always resumes instead. After the last step the latent statistics of a sample of training frames set ``latent_shift`` and
 ``scaling_factor`` (unit-variance latents for the denoiser) in the saved config. Rerun to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mirage_ros.model.autoencoder import RGBDAutoencoder
+from mirage_ros.model.checkpoint import load_component
 from mirage_ros.training.common import add_common_arguments, train_loop
 from mirage_ros.worlds.dataset import FrameDataset, SequenceDataset
 
@@ -27,17 +33,45 @@ def batch_to_model_input(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["rgb"].permute(0, 3, 1, 2).float() / 255.0, batch["depth"].float()
 
 
-def autoencoder_loss(model: RGBDAutoencoder, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    rgb, depth = batch_to_model_input(batch)
+def random_crops(rgb: torch.Tensor, depth: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``size``x``size`` window per sample (multiples of 8 keep the latent grid aligned)."""
+    height, width = depth.shape[-2:]
+    if size <= 0 or size >= min(height, width):
+        return rgb, depth
+    tops = torch.randint(0, (height - size) // 8 + 1, (len(depth),)) * 8
+    lefts = torch.randint(0, (width - size) // 8 + 1, (len(depth),)) * 8
+    rgb = torch.stack([im[:, t:t + size, l:l + size] for im, t, l in zip(rgb, tops, lefts)])
+    depth = torch.stack([d[t:t + size, l:l + size] for d, t, l in zip(depth, tops, lefts)])
+    return rgb, depth
+
+
+def gradient_l1(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences, where both pixels of a pair are valid."""
+    total, count = prediction.new_zeros(()), prediction.new_zeros(())
+    for dim in (-1, -2):
+        n = prediction.shape[dim] - 1
+        pair = valid.narrow(dim, 0, n) * valid.narrow(dim, 1, n)
+        error = (prediction.diff(dim=dim) - target.diff(dim=dim)).abs() * pair
+        total, count = total + error.sum(), count + pair.sum() * prediction.shape[1]
+    return total / count.clamp_min(1)
+
+
+def autoencoder_loss(model: RGBDAutoencoder, batch: dict, crop_size: int = 0,
+                     edge_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    rgb, depth = random_crops(*batch_to_model_input(batch), crop_size)
     if torch.rand(()) < 0.5:  # mirror augmentation
         rgb, depth = rgb.flip(-1), depth.flip(-1)
     target, reconstruction, kl = model(rgb, depth)
+    reconstruction = reconstruction.float()
     valid = (torch.isfinite(depth) & (depth > 0)).unsqueeze(1).float()
-    rgb_l1 = F.l1_loss(reconstruction[:, :3].float(), target[:, :3])
-    depth_l1 = ((reconstruction[:, 3:].float() - target[:, 3:]).abs() * valid).sum() / valid.sum().clamp_min(1)
+    rgb_l1 = F.l1_loss(reconstruction[:, :3], target[:, :3])
+    depth_l1 = ((reconstruction[:, 3:] - target[:, 3:]).abs() * valid).sum() / valid.sum().clamp_min(1)
+    edges = (gradient_l1(reconstruction[:, :3], target[:, :3], torch.ones_like(valid))
+             + gradient_l1(reconstruction[:, 3:], target[:, 3:], valid))
     kl_loss = kl.mean() / target[0].numel()
-    loss = rgb_l1 + DEPTH_WEIGHT * depth_l1 + KL_WEIGHT * kl.mean()
-    return loss, {"rgb_l1": float(rgb_l1), "depth_l1": float(depth_l1), "kl": float(kl_loss)}
+    loss = rgb_l1 + DEPTH_WEIGHT * depth_l1 + edge_weight * edges + KL_WEIGHT * kl.mean()
+    return loss, {"rgb_l1": float(rgb_l1), "depth_l1": float(depth_l1), "edge_l1": float(edges),
+                  "kl": float(kl_loss)}
 
 
 @torch.no_grad()
@@ -59,14 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--latent-channels", type=int, default=8)
     parser.add_argument("--block-out-channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--crop-size", type=int, default=64,
+                        help="train on random crops of this size (multiple of 8; 0 = whole frames)")
+    parser.add_argument("--edge-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="autoencoder checkpoint whose weights (and architecture) a new run starts from")
     args = parser.parse_args(argv)
+    if args.crop_size % 8:
+        parser.error(f"--crop-size must be a multiple of 8, got {args.crop_size}")
     torch.manual_seed(args.seed)
     frames = FrameDataset(SequenceDataset(args.data, "train"))
     loader = torch.utils.data.DataLoader(frames, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
-    model = RGBDAutoencoder(latent_channels=args.latent_channels, block_out_channels=tuple(args.block_out_channels))
+    if args.init_from is not None:
+        model = load_component(RGBDAutoencoder, args.init_from)
+    else:
+        model = RGBDAutoencoder(latent_channels=args.latent_channels,
+                                block_out_channels=tuple(args.block_out_channels))
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
-    model = train_loop(args, model, loader, autoencoder_loss, "autoencoder")
+    loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight)
+    model = train_loop(args, model, loader, loss_fn, "autoencoder")
     shift, scale = calibrate_latents(model, frames)
     model.register_to_config(latent_shift=shift, scaling_factor=scale)
     print(f"latent shift {shift:.4f}, scaling factor {scale:.4f}")
