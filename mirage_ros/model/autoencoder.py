@@ -3,6 +3,10 @@
 Depth enters as log-depth scaled to [-1, 1] between ``min_depth`` and ``max_depth`` (relative
 precision is what a camera needs: a 1 cm error matters at 0.5 m, not at 10 m), and the decoder returns
 metric depth, which is what the latent memory uses to place newly generated tokens in 3D.
+
+GroupNorm uses one group by default: with one group per channel (16 groups on the 16-channel outer
+blocks) the normalisation just before each output erases every channel's mean, so a flat wall
+decodes to the same grey whatever its colour and distance.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, latent_channels: int = 8, block_out_channels: tuple[int, ...] = (16, 32, 64, 128),
-                 layers_per_block: int = 1, norm_num_groups: int = 16, min_depth: float = 0.05,
+                 layers_per_block: int = 1, norm_num_groups: int = 1, min_depth: float = 0.05,
                  max_depth: float = 20.0, scaling_factor: float = 1.0, latent_shift: float = 0.0) -> None:
         super().__init__()
         if not 0 < min_depth < max_depth:

@@ -4,7 +4,9 @@ Inputs, stacked as channels on the latent grid: the noisy latent, the memory rea
 (warped latent, coverage mask, normalised depth) and the previous frame's latent (temporal context).
 The camera motion from the previous frame enters through the UNet's class embedding. The network
 predicts the clean latent ``x0`` (robust with few sampling steps); the sampling loop converts it to
-the flow-matching velocity the scheduler expects.
+the flow-matching velocity the scheduler expects. One normalisation group: a clean latent's
+per-channel mean is content (a flat wall's colour), which per-group normalisation before the output
+would erase.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class MemoryConditionedDenoiser(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 8, sample_size: int = 16,
                  block_out_channels: tuple[int, ...] = (64, 128, 128), layers_per_block: int = 1,
-                 norm_num_groups: int = 32, num_train_timesteps: int = 1000) -> None:
+                 norm_num_groups: int = 1, num_train_timesteps: int = 1000) -> None:
         super().__init__()
         in_channels = 3 * latent_channels + 2  # noisy, memory latent, context latent; coverage, depth
         time_embed_dim = block_out_channels[0] * 4

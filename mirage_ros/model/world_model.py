@@ -332,6 +332,8 @@ class WorldModel:
         replaced by the memory read noised to the current level (inpainting), and the result keeps the
         remembered tokens, so revisited places stay as they were and errors cannot compound there.
         """
+        if bool(view.coverage.all()):
+            return view.latent  # memory holds every token of the view: there is nothing to generate
         sigmas = self.sampling.sigmas(coverage_fraction)
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
         noise = torch.randn((1, *view.latent.shape), generator=self._generator, device=self.device)

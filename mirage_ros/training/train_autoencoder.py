@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--latent-channels", type=int, default=8)
     parser.add_argument("--block-out-channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--norm-num-groups", type=int, default=1,
+                        help="GroupNorm groups; 1 keeps each channel's mean (with one group per channel, "
+                             "the normalisation before the output erases flat colours and depths)")
     parser.add_argument("--crop-size", type=int, default=64,
                         help="train on random crops of this size (multiple of 8; 0 = whole frames)")
     parser.add_argument("--edge-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
@@ -106,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     loader = torch.utils.data.DataLoader(frames, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
     if args.init_from is not None:
-        model = load_component(RGBDAutoencoder, args.init_from)
+        source = load_component(RGBDAutoencoder, args.init_from)
+        # Normalisation groups hold no weights of their own: they may change when fine-tuning.
+        model = RGBDAutoencoder.from_config(source.config, norm_num_groups=args.norm_num_groups)
+        model.load_state_dict(source.state_dict())
     else:
-        model = RGBDAutoencoder(latent_channels=args.latent_channels,
+        model = RGBDAutoencoder(latent_channels=args.latent_channels, norm_num_groups=args.norm_num_groups,
                                 block_out_channels=tuple(args.block_out_channels))
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
     loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight)
