@@ -69,6 +69,28 @@ def test_seeded_rollouts_are_identical():
         np.testing.assert_array_equal(a, b)
 
 
+def test_remembered_view_is_kept_verbatim_or_redrawn():
+    kept, redrawn = tiny_model(), tiny_model()
+    redrawn.sampling = SamplingConfig(num_inference_steps=2, keep_remembered=False)
+    for model in (kept, redrawn):
+        model.reset(*observation(), CAMERA.K, START)
+
+    def no_denoising(*args, **kwargs):
+        raise AssertionError("a fully remembered view must not be denoised")
+
+    kept.denoiser.forward = no_denoising
+    result = kept.step(START)
+    assert result.coverage == 1.0
+    rgb, depth = observation()
+    with torch.inference_mode():
+        latent = kept.autoencoder.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0,
+                                         torch.from_numpy(depth)[None].float())
+        expected, _ = kept.autoencoder.decode(latent)
+    # The start view comes back as the autoencoder's reconstruction of it (up to uint8 rounding).
+    assert np.abs(result.rgb.astype(int) - (expected[0].permute(1, 2, 0).numpy() * 255).round()).max() <= 1
+    assert not np.array_equal(redrawn.step(START).rgb, result.rgb)
+
+
 def test_bad_input():
     model = tiny_model()
     rgb, depth = observation()

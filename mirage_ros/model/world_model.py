@@ -40,12 +40,19 @@ class SamplingConfig:
     ``num_inference_steps`` flow-matching steps from pure noise; when the memory already covers at
     least ``reuse_coverage`` of the view, generation instead starts from the memory read noised to
     ``reuse_sigma`` and takes ``reuse_steps`` steps (it need not regenerate what memory holds).
+
+    ``keep_remembered``: remembered tokens are pasted into the sample at every step and into the
+    result, so a revisited place is exactly what was seen (and a fully covered view skips the
+    denoiser). Off, the memory read is the starting point and the condition, and the denoiser
+    redraws every token: it can re-align remembered content to the new view (tokens are read on
+    the coarse latent grid), at the price of revisits being only as stable as the denoiser.
     """
 
     num_inference_steps: int = 4
     reuse_coverage: float = 0.95
     reuse_sigma: float = 0.3
     reuse_steps: int = 1
+    keep_remembered: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_inference_steps <= 50:
@@ -311,7 +318,7 @@ class WorldModel:
         started = time.perf_counter()
         rgb, depth = self.autoencoder.decode(latent[None])
         rgb, depth = rgb[0], depth[0]
-        if view.depth_scale is not None:
+        if view.depth_scale is not None and self.sampling.keep_remembered:
             depth = depth * view.depth_scale
         timings.decode = time.perf_counter() - started
 
@@ -328,11 +335,13 @@ class WorldModel:
     def _denoise(self, view: MemoryView, motion: torch.Tensor, coverage_fraction: float) -> torch.Tensor:
         """The explicit sampling loop: x0-prediction turned into flow-matching velocity per step.
 
-        What memory holds is not regenerated: at every step the covered tokens of the sample are
-        replaced by the memory read noised to the current level (inpainting), and the result keeps the
-        remembered tokens, so revisited places stay as they were and errors cannot compound there.
+        With ``keep_remembered``, what memory holds is not regenerated: at every step the covered
+        tokens of the sample are replaced by the memory read noised to the current level (inpainting),
+        and the result keeps the remembered tokens, so revisited places stay as they were and errors
+        cannot compound there.
         """
-        if bool(view.coverage.all()):
+        keep = self.sampling.keep_remembered
+        if keep and bool(view.coverage.all()):
             return view.latent  # memory holds every token of the view: there is nothing to generate
         sigmas = self.sampling.sigmas(coverage_fraction)
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
@@ -343,7 +352,7 @@ class WorldModel:
         coverage = view.coverage[None].float()
         depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))[None]
         context, motion = self._context[None], motion[None].to(self.device)
-        known = coverage.unsqueeze(1)
+        known = coverage.unsqueeze(1) if keep else torch.zeros_like(coverage.unsqueeze(1))
         for timestep, sigma in zip(self.scheduler.timesteps, self.scheduler.sigmas):
             sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
             sigma_batch = sigma.reshape(1).to(self.device)

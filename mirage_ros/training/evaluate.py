@@ -10,7 +10,8 @@ from the first frame and generates the rest. Reported:
   ground truth: PSNR, SSIM, depth AbsRel;
 - loop-closure consistency: PSNR between the frame generated on the way back and the one generated on
   the way out at the identical pose, for latent memory, explicit memory and no memory;
-- the effect of starting from the memory read where coverage is high (memory reuse on/off);
+- the effect of starting from the memory read where coverage is high (memory reuse on/off) and of
+  keeping remembered tokens verbatim versus letting the denoiser redraw them;
 - speed per step (read, denoise, decode, write) on this machine.
 """
 
@@ -36,7 +37,9 @@ from mirage_ros.worlds.contact_sheet import colorize_depth
 from mirage_ros.worlds.dataset import seeds_for
 
 OBSERVED_COVERAGE = 0.9
-VARIANTS = ("latent", "latent_no_reuse", "explicit", "none")
+VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "explicit", "none")
+#: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
+VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": 2.0}, "latent_redraw": {"keep_remembered": False}}
 
 
 def rollout(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -69,7 +72,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
         half = frames // 2
         for variant in VARIANTS:
             memory = "latent" if variant.startswith("latent") else variant
-            sampling = base.sampling if variant != "latent_no_reuse" else replace(base.sampling, reuse_coverage=2.0)
+            sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
             model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
                                device=device, seed=seed)
             out = rollout(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
@@ -167,7 +170,8 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
     lines += ["", "Observed content: generated frames whose view the memory covered to at least "
               f"{OBSERVED_COVERAGE:.0%} before generation, compared with the ground-truth renderer. Loop closure: "
               "frame generated on the return vs on the way out at the identical pose. `latent_no_reuse` always "
-              "denoises from pure noise (memory reuse off).", "",
+              "denoises from pure noise (memory reuse off); `latent_redraw` lets the denoiser redraw remembered "
+              "tokens instead of keeping them (`keep_remembered` off).", "",
               "![loop closure](loop_closure.png)", "", "![examples](examples.png)", ""]
     text = "\n".join(lines)
     (output / "report.md").write_text(text)
