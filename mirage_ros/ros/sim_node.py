@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from std_srvs.srv import Trigger
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import DRIVES, BaseLimits, PlanarBase, PlanarPose
-from mirage_ros.model.world_model import MEMORY_KINDS, SamplingConfig, WorldModel
+from mirage_ros.model.world_model import MEMORY_KINDS, WorldModel
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
                                         time_msg, transform_stamped_msg, twist_from_msg)
@@ -127,8 +128,9 @@ def build_simulator(params: dict[str, Any]) -> Simulator:
     """The simulator the node runs, from its (validated) parameters; also used by offline rollouts."""
     mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
-                                       device=params["device"], seed=params["seed"],
-                                       sampling=SamplingConfig(num_inference_steps=params["num_inference_steps"]))
+                                       device=params["device"], seed=params["seed"])
+    # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
+    model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
     height, width = model.image_size
     camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
     base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
