@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from sensor_msgs.msg import Image
 from mirage_ros.ros import rollout
 from mirage_ros.ros.conversions import image_to_array
 from mirage_ros.training.metrics import psnr
+from mcap_check import decode_every_message
 
 
 def read_bag(path: Path) -> list[tuple[str, int, bytes]]:
@@ -39,6 +41,7 @@ def test_same_seed_and_commands_give_identical_bags(tiny_checkpoint, tmp_path):
     assert len(images) == 15 and all(b[0] - a[0] == 100_000_000 for a, b in zip(images, images[1:]))
     with Reader(tmp_path / "a") as reader:  # the custom and standard definitions travel with the bag
         assert all(connection.msgdef.data for connection in reader.connections)
+    assert decode_every_message(tmp_path / "a") == Counter(topic for topic, _, _ in first)
 
 
 def test_poses_input_and_batch(tiny_checkpoint, tmp_path):
