@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--steps", type=int, default=SamplingConfig.num_inference_steps, help="sampling steps")
+    parser.add_argument("--keep-remembered", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep remembered tokens verbatim (default) or let the denoiser redraw them")
     args = parser.parse_args(argv)
     model = WorldModel(load_component(RGBDAutoencoder, args.autoencoder),
                        load_component(MemoryConditionedDenoiser, args.denoiser), tuple(args.image_size),
-                       sampling=SamplingConfig(num_inference_steps=args.steps))
+                       sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered))
     model.save_pretrained(args.output)
     size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
     print(f"wrote {args.output} ({size / 1e6:.1f} MB)")
