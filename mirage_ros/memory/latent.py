@@ -317,7 +317,7 @@ class LatentSpatialMemory:
             camera_z = (self.positions - eye) @ pose[:3, 2].float()
             footprint = self.extents * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
             radius = torch.ceil((footprint - 1.0) / 2).long().clamp(0, self.config.max_splat_radius)
-        winner, depth, hit = zbuffer(points, pose, K_latent, (h, w), radius)
+        winner, depth, hit = zbuffer(points, pose, K_latent, (h, w), radius, self.normals)
         covered = winner >= 0
         if channels:
             latent[:, covered] = self.features[winner[covered]].float().T

@@ -27,6 +27,11 @@ _INDEX_BITS = 24
 #: Relative depth handicap per pixel of splat offset, so a token's own pixel beats its neighbours'
 #: footprints on the same surface while a genuinely nearer surface still wins.
 SPLAT_DEPTH_PENALTY = 0.01
+#: With surface normals: candidates whose surfaces lie within this relative depth of each other at the
+#: pixel centre count as the same surface, and the one projecting nearest the centre wins.
+SURFACE_TOLERANCE = 0.03
+#: Bits of the ordering key holding the candidate's distance to the pixel centre (1/64 pixel units).
+_CENTRE_BITS = 8
 
 
 @dataclass
@@ -98,7 +103,8 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
 
 
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
-            splat_radius: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest point per pixel of an ``hw`` image.
 
     Returns ``winner [h*w]`` (index of the point shown at each pixel, -1 if none), ``depth [h*w]``
@@ -108,6 +114,12 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     Each candidate gets one int64 key, ``quantised depth << 24 | point index``; a per-pixel
     ``scatter_reduce(amin)`` of the keys is exact and order-independent, so the nearest candidate wins
     (ties: the lower point index) on any device, in one linear pass.
+
+    ``normals_world [N,3]`` (optional) makes each point a small plane: candidates are compared by
+    their plane's depth on the pixel's centre ray, and among those within ``SURFACE_TOLERANCE`` of
+    each other (one surface) the one projecting nearest the pixel centre wins. Plain nearest-point
+    ordering would pick, on a slanted surface such as the floor, whichever sample lies nearer the
+    camera, showing content (and depth) from the wrong side of the pixel.
     """
     h, w = hw
     count = points_world.shape[0]
@@ -135,7 +147,11 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     inside = (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
     keep = torch.nonzero(inside).squeeze(1)
     index, ui, vi, z, radius = ahead[keep], ui[keep], vi[keep], z[keep], radius[keep]
-    pixels, candidates, order_depth, true_depth = [], [], [], []
+    if normals_world is not None:
+        surface_normals = normals_world[ahead][keep].to(points_world.dtype) @ rotation
+        surface_points, u_exact, v_exact = camera[keep], u[keep], v[keep]
+        K_inverse = torch.linalg.inv(K.double()).to(points_world.dtype)
+    pixels, candidates, order_depth, true_depth, centre_distance = [], [], [], [], []
     # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
     for ring_radius in range(max_radius + 1):
         members = torch.nonzero(radius == ring_radius).squeeze(1)
@@ -150,13 +166,28 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         pixels.append((cv * w + cu)[valid])
         candidates.append(index[members, None].expand_as(cu)[valid])
         depth = z[members, None]
-        order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
         true_depth.append(depth.expand_as(cu)[valid])
+        if normals_world is not None:
+            # Depth of the point's plane on each candidate pixel's centre ray (z = 1 ray).
+            ray_x = K_inverse[0, 0] * cu + K_inverse[0, 1] * cv + K_inverse[0, 2]
+            ray_y = K_inverse[1, 1] * cv + K_inverse[1, 2]
+            n = surface_normals[members]
+            facing = n[:, 0:1] * ray_x + n[:, 1:2] * ray_y + n[:, 2:3]
+            offset = (n * surface_points[members]).sum(1, keepdim=True)
+            plane = torch.where(facing < -1e-3, offset / facing.clamp(max=-1e-3), depth)
+            depth = torch.minimum(torch.maximum(plane, depth / 1.5), depth * 1.5)
+            centre_distance.append(torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)[valid])
+        order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
     if not pixels:
         return winner, depth_out, hit
     pixel, candidate = torch.cat(pixels), torch.cat(candidates)
-    quantised = torch.round(torch.cat(order_depth).double() / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
-    key = (quantised << _INDEX_BITS) | candidate
+    if normals_world is None:
+        quantised = torch.round(torch.cat(order_depth).double() / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
+        key = (quantised << _INDEX_BITS) | candidate
+    else:
+        bucket = torch.floor(torch.log(torch.cat(order_depth).double() / NEAR_PLANE) / np.log1p(SURFACE_TOLERANCE))
+        centre = torch.round(torch.cat(centre_distance) * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
+        key = (bucket.long() << (_CENTRE_BITS + _INDEX_BITS)) | (centre << _INDEX_BITS) | candidate
     best = torch.full((h * w,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
     best.scatter_reduce_(0, pixel, key, "amin")
     covered = best != torch.iinfo(torch.long).max
