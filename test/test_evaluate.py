@@ -16,7 +16,8 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}
         # The out-and-back trajectory returns through the outgoing poses: loop closure is measured.
         assert metrics[variant]["loop_closure_psnr_db"] is not None
-    assert metrics["none"]["observed_frames"] == 0  # without memory nothing counts as observed
+    assert metrics["none"]["covered_frames"] == 0  # without memory no view is covered
+    assert metrics["latent"]["observed_frames"] > 0  # the start view is seen again on the way back
     assert 0 < metrics["autoencoder"]["reconstruction_depth_absrel"] < 10
     report = (output / "report.md").read_text()
     assert all(f"| {variant} |" in report for variant in evaluate.VARIANTS)

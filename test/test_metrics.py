@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mirage_ros.training.metrics import depth_abs_rel, psnr, ssim
+from mirage_ros.training.metrics import depth_abs_rel, psnr, ssim, visible_in
 
 
 def test_psnr_known_value_and_mask():
@@ -29,3 +29,20 @@ def test_depth_abs_rel_ignores_invalid_pixels():
     assert depth_abs_rel(depth, reference) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="no pixel"):
         depth_abs_rel(depth, np.full((2, 2), np.nan))
+
+
+def test_visibility_from_a_reference_view_and_masked_ssim():
+    K = np.array([[32.0, 0, 31.5], [0, 32.0, 31.5], [0, 0, 1]])
+    wall = np.full((64, 64), 4.0)  # a fronto-parallel wall 4 m ahead
+    here = np.eye(4)
+    moved = np.eye(4)
+    moved[0, 3] = 4.0  # 4 m to the right: only the left half of the view was seen from `here`
+    seen = visible_in(wall, moved, wall, here, K)
+    assert seen[:, :31].all() and not seen[:, 33:].any()
+    nearer = np.full((64, 64), 3.0)  # another surface where the reference saw the wall: not observed
+    assert not visible_in(nearer, here, wall, here, K).any()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    damaged = image.copy()
+    damaged[:, 36:] = 0
+    assert ssim(damaged, image, mask=seen) == pytest.approx(1.0)
+    assert ssim(damaged, image) < 0.9

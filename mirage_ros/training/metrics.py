@@ -31,8 +31,10 @@ def psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = Non
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
-def ssim(image: np.ndarray, reference: np.ndarray, window: int = 7, sigma: float = 1.5) -> float:
-    """Mean structural similarity (Wang et al. 2004) with a Gaussian window, over RGB channels."""
+def ssim(image: np.ndarray, reference: np.ndarray, window: int = 7, sigma: float = 1.5,
+         mask: np.ndarray | None = None) -> float:
+    """Mean structural similarity (Wang et al. 2004) with a Gaussian window, over RGB channels;
+    ``mask [H,W]`` restricts the mean to windows centred on those pixels."""
     a, b = _as_float_image(image), _as_float_image(reference)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -50,7 +52,13 @@ def ssim(image: np.ndarray, reference: np.ndarray, window: int = 7, sigma: float
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(value.mean())
+    if mask is None:
+        return float(value.mean())
+    half = window // 2
+    centres = torch.from_numpy(np.asarray(mask, dtype=bool)[half:-half, half:-half])
+    if not centres.any():
+        raise ValueError("ssim mask selects no window centre")
+    return float(value[0][:, centres].mean())
 
 
 def depth_abs_rel(depth: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -62,3 +70,25 @@ def depth_abs_rel(depth: np.ndarray, reference: np.ndarray, mask: np.ndarray | N
     if not valid.any():
         raise ValueError("no pixel has a valid depth in both maps")
     return float(np.mean(np.abs(depth[valid] - reference[valid]) / reference[valid]))
+
+
+def visible_in(depth: np.ndarray, cam_to_world: np.ndarray, reference_depth: np.ndarray,
+               reference_cam_to_world: np.ndarray, K: np.ndarray, tolerance: float = 0.02) -> np.ndarray:
+    """``[H,W]`` bool: pixels of a view (true depth, pose) whose surface point was also seen by a
+    reference view (its true depth agrees within ``tolerance``), i.e. content that was observed there."""
+    height, width = depth.shape
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T
+    points = rays * depth[..., None]
+    world = points @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
+    world_to_reference = np.linalg.inv(reference_cam_to_world)
+    there = world @ world_to_reference[:3, :3].T + world_to_reference[:3, 3]
+    z = there[..., 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pu = np.round(K[0, 0] * there[..., 0] / z + K[0, 1] * there[..., 1] / z + K[0, 2])
+        pv = np.round(K[1, 1] * there[..., 1] / z + K[1, 2])
+    inside = np.isfinite(depth) & (z > 0) & (pu >= 0) & (pu < width) & (pv >= 0) & (pv < height)
+    seen = np.zeros_like(inside)
+    ref = reference_depth[pv[inside].astype(int), pu[inside].astype(int)]
+    seen[inside] = np.abs(ref - z[inside]) <= tolerance * z[inside]
+    return seen
