@@ -150,3 +150,27 @@ def test_shipped_checkpoint_generates_a_frame():
     assert result.rgb.dtype == np.uint8 and result.rgb.min() >= 0 and result.rgb.max() <= 255
     assert np.all(np.isfinite(result.depth)) and np.all(result.depth > 0)
     assert sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.rglob("*") if p.is_file()) <= 50e6
+
+
+@pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
+def test_bfloat16_precision_matches_float32():
+    """bfloat16 arithmetic (the speed option) changes the generated frames by no more than rounding noise."""
+    from mirage_ros.worlds import generate_world
+    from mirage_ros.worlds.renderer import GroundTruthRenderer
+    from mirage_ros.training.metrics import psnr
+
+    camera = PinholeCamera.from_hfov(128, 128, math.pi / 2)
+    start = look_at((1.0, 1.0, 0.5), (3.0, 2.0, 0.4))
+    with GroundTruthRenderer(generate_world(0), 128, 128) as renderer:
+        rgb, depth = renderer.render(start, camera.K)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        model = WorldModel.from_pretrained(precision=precision)
+        model.reset(rgb, depth, camera.K, start)
+        results[precision] = [model.step(look_at((1.0 + 0.1 * t, 1.0, 0.5), (3.0, 2.0 + 0.3 * t, 0.4)))
+                              for t in range(1, 4)]
+    for full, half in zip(results["float32"], results["bfloat16"]):
+        assert psnr(half.rgb, full.rgb) >= 35.0
+        assert np.median(np.abs(half.depth - full.depth) / full.depth) < 0.02
+    with pytest.raises(ValueError, match="precision"):
+        WorldModel.from_pretrained(precision="float8")

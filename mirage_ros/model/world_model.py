@@ -31,6 +31,22 @@ from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
 
 MEMORY_KINDS = ("latent", "explicit", "none")
+#: Arithmetic of the networks: ``auto`` is bfloat16 where the hardware runs it natively (CUDA with bf16,
+#: CPUs with AVX-512 bf16/AMX: about 2x faster there), else float32.
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype ``precision`` means on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        precision = "bfloat16" if native else "float32"
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 @dataclass
@@ -128,13 +144,14 @@ class WorldModel:
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
                  image_size: tuple[int, int] = (128, 128), memory: str = "latent",
                  memory_config: LatentMemoryConfig | None = None, sampling: SamplingConfig | None = None,
-                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32") -> None:
         if memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
         # Denormal floats make CPU convolutions ~100x slower as activations decay towards zero over a
         # rollout; flushing them to zero changes no result that matters at fp16/fp32 image precision.
         torch.set_flush_denormal(True)
         self.device = torch.device(device)
+        self.compute_dtype = resolve_precision(precision, self.device)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.denoiser = denoiser.to(self.device).eval()
         if self.device.type == "cpu":
@@ -191,6 +208,11 @@ class WorldModel:
         settings = {"format_version": 1, "image_size": list(self.image_size), "sampling": asdict(self.sampling)}
         (root / "world_model.json").write_text(json.dumps(settings, indent=2) + "\n")
 
+    def _autocast(self) -> torch.autocast:
+        """Network arithmetic in ``compute_dtype``; memory, geometry and outputs stay float32."""
+        return torch.autocast(self.device.type, dtype=self.compute_dtype,
+                              enabled=self.compute_dtype != torch.float32)
+
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
     def reset(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> None:
@@ -208,7 +230,8 @@ class WorldModel:
         self.K = scale_intrinsics(validate_intrinsics(K), rgb.shape[:2], self.image_size)
         rgb_t, depth_t = _resize_observation(rgb, depth, self.image_size)
         rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
-        latent = self.autoencoder.encode(rgb_t[None], depth_t[None])[0]
+        with self._autocast():
+            latent = self.autoencoder.encode(rgb_t[None], depth_t[None])[0].float()
         if self.memory is not None:
             self.memory.clear()
         self._write(latent, rgb_t, depth_t, cam_to_world, new=torch.isfinite(depth_t) & (depth_t > 0))
@@ -312,11 +335,14 @@ class WorldModel:
 
         started = time.perf_counter()
         coverage_fraction = float(view.coverage.float().mean())
-        latent = self._denoise(view, motion_features(self._previous_pose, cam_to_world), coverage_fraction)
+        with self._autocast():
+            latent = self._denoise(view, motion_features(self._previous_pose, cam_to_world), coverage_fraction)
         timings.denoise = time.perf_counter() - started
 
         started = time.perf_counter()
-        rgb, depth = self.autoencoder.decode(latent[None])
+        with self._autocast():
+            raw = self.autoencoder.decode_raw(latent[None])
+        rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         rgb, depth = rgb[0], depth[0]
         if view.depth_scale is not None and self.sampling.keep_remembered:
             depth = depth * view.depth_scale
@@ -356,7 +382,7 @@ class WorldModel:
         for timestep, sigma in zip(self.scheduler.timesteps, self.scheduler.sigmas):
             sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
             sigma_batch = sigma.reshape(1).to(self.device)
-            clean = self.denoiser(sample, sigma_batch, memory_latent, coverage, depth, context, motion)
+            clean = self.denoiser(sample, sigma_batch, memory_latent, coverage, depth, context, motion).float()
             velocity = (sample - clean) / sigma
             sample = self.scheduler.step(velocity, timestep, sample).prev_sample
         return (known * memory_latent + (1.0 - known) * sample)[0]
@@ -380,7 +406,8 @@ class WorldModel:
                               to_pixels(read.coverage), to_pixels(scale))
         # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
         render = self.memory.read(cam_to_world, self.K, self.image_size)
-        latent = self.autoencoder.encode(render.latent.float()[None], render.depth[None])[0]  # NaN depth = far
+        with self._autocast():  # NaN depth = far
+            latent = self.autoencoder.encode(render.latent.float()[None], render.depth[None])[0].float()
         factor = self.autoencoder.downsample_factor
         token_coverage = F.avg_pool2d(render.coverage[None, None].float(), factor)[0, 0] >= 0.999
         nearest = torch.where(render.coverage, render.depth, torch.full_like(render.depth, 1e9))

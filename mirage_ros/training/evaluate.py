@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
-from mirage_ros.model.world_model import WorldModel
+from mirage_ros.model.world_model import PRECISIONS, WorldModel
 from mirage_ros.training.metrics import depth_abs_rel, psnr, ssim, visible_in
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
@@ -58,10 +58,11 @@ def rollout(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], p
     return {"rgb": frames, "depth": depths, "coverage": coverage, "timings": timings}
 
 
-def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device: str) -> tuple[dict, dict]:
+def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device: str,
+             precision: str = "float32") -> tuple[dict, dict]:
     from mirage_ros.worlds.renderer import GroundTruthRenderer
 
-    base = WorldModel.from_pretrained(checkpoint, memory="latent", device=device, seed=seed)
+    base = WorldModel.from_pretrained(checkpoint, memory="latent", device=device, seed=seed, precision=precision)
     height, width = base.image_size
     camera = PinholeCamera.from_hfov(width, height, math.pi / 2)
     results = {variant: {"loop_psnr": [], "observed_psnr": [], "observed_ssim": [], "observed_absrel": [],
@@ -86,7 +87,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             memory = "latent" if variant.startswith("latent") else variant
             sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
             model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
-                               device=device, seed=seed)
+                               device=device, seed=seed, precision=precision)
             out = rollout(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
             record = results[variant]
             for back in range(half + 1, frames):
@@ -186,7 +187,7 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
         "# World model evaluation", "",
         f"Checkpoint: `{args.checkpoint or 'shipped default'}`; held-out test worlds: "
         f"{', '.join(map(str, seeds_for('test', args.worlds)))}; out-and-back trajectories of {args.frames} frames; "
-        f"seed {args.seed}; device {args.device}; {platform.processor() or platform.machine()}, "
+        f"seed {args.seed}; device {args.device}, {args.precision} precision; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads; evaluation took {elapsed:.0f} s.", "",
         "| variant | loop-closure PSNR (dB) | observed PSNR (dB) | observed SSIM | observed depth AbsRel | frames "
         "| covered-frame PSNR (dB) | frames | step ms (read / denoise / decode / write = total) |",
@@ -222,10 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames per out-and-back trajectory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="network arithmetic (auto: bfloat16 where the hardware runs it natively)")
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    summary, examples = evaluate(args.checkpoint, args.worlds, args.frames, args.seed, args.device)
+    summary, examples = evaluate(args.checkpoint, args.worlds, args.frames, args.seed, args.device,
+                                 args.precision)
     (args.output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     bar_chart({v: summary[v]["loop_closure_psnr_db"] for v in VARIANTS}, "Loop-closure consistency (higher is better)",
               "dB", args.output / "loop_closure.png", target=28.0)
