@@ -70,8 +70,8 @@ def autoencoder_loss(model: RGBDAutoencoder, batch: dict, crop_size: int = 0,
              + gradient_l1(reconstruction[:, 3:], target[:, 3:], valid))
     kl_loss = kl.mean() / target[0].numel()
     loss = rgb_l1 + DEPTH_WEIGHT * depth_l1 + edge_weight * edges + KL_WEIGHT * kl.mean()
-    return loss, {"rgb_l1": float(rgb_l1), "depth_l1": float(depth_l1), "edge_l1": float(edges),
-                  "kl": float(kl_loss)}
+    parts = {"rgb_l1": rgb_l1, "depth_l1": depth_l1, "edge_l1": edges, "kl": kl_loss}
+    return loss, {name: float(value.detach()) for name, value in parts.items()}
 
 
 @torch.no_grad()

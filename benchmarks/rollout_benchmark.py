@@ -1,0 +1,52 @@
+"""Offline rollout speed: sim seconds written to an MCAP bag per wall-clock second, side by side for
+float32 and bfloat16 network arithmetic (shipped model, ``config/sim.yaml``, the scripted tour).
+
+    .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1]
+
+The node runs at ``rate`` steps per sim second; the issue asks the offline CLI for at least 3x that.
+Each run writes a complete bag (images, depth, infos, points, scan, odometry, TF, clock, commands)
+into a temporary folder, exactly as ``mirage-rollout`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mirage_ros.ros.parameters import parameters_from_yaml
+from mirage_ros.ros.rollout import rollout, tour_schedule
+from mirage_ros.ros.run import default_config
+from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30.0, help="sim seconds per rollout")
+    parser.add_argument("--repeats", type=int, default=1, help="rollouts per precision (the best is reported)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    factors = {}
+    for precision in ("float32", "bfloat16"):
+        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"precision": precision})
+        steps = int(round(args.duration * params["rate"]))
+        best = float("inf")
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                rollout(params, tour_schedule(args.duration), steps, Path(folder) / "bag", progress=False)
+                best = min(best, time.perf_counter() - started)
+        factors[precision] = args.duration / best
+        print(f"{precision:>8}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "
+              f"= {1000 * best / steps:.1f} ms/step, {factors[precision]:.2f}x real time")
+    print(f"bfloat16 / float32 speed: {factors['bfloat16'] / factors['float32']:.2f}x; target >= 3x real time: "
+          f"{'met' if max(factors.values()) >= 3 else 'missed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
