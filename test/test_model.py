@@ -174,3 +174,16 @@ def test_bfloat16_precision_matches_float32():
         assert np.median(np.abs(half.depth - full.depth) / full.depth) < 0.02
     with pytest.raises(ValueError, match="precision"):
         WorldModel.from_pretrained(precision="float8")
+
+
+@pytest.mark.parametrize("color", [(220, 40, 30), (30, 60, 200), (128, 128, 128)])
+def test_shipped_autoencoder_keeps_flat_colours_and_depths(color):
+    """A flat wall of one colour at one distance comes back with that colour and distance (the
+    shipped model once decoded every flat wall to the same grey at the wrong depth)."""
+    autoencoder = WorldModel.from_pretrained().autoencoder
+    rgb = torch.tensor(color, dtype=torch.float32).div(255).view(1, 3, 1, 1).expand(1, 3, 128, 128)
+    with torch.inference_mode():
+        out_rgb, out_depth = autoencoder.decode(autoencoder.encode(rgb, torch.full((1, 128, 128), 3.0)))
+    mean = out_rgb.float().mean((0, 2, 3)) * 255
+    assert torch.all((mean - torch.tensor(color, dtype=torch.float32)).abs() < 25), mean
+    assert abs(float(out_depth.float().median()) - 3.0) < 0.2
