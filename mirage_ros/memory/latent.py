@@ -323,11 +323,17 @@ class LatentSpatialMemory:
             latent[:, covered] = self.features[winner[covered]].float().T
         source_depth = torch.full((h * w,), float("nan"), device=self.device)
         source_depth[covered] = self.view_depths[winner[covered]].float()
+        # Each shown token's plane in this camera's frame: n_cam . X_cam = n . (position - eye).
+        planes = torch.full((h * w, 4), float("nan"), device=self.device)
+        rotation = pose[:3, :3].float()
+        normals = self.normals[winner[covered]].float()
+        planes[covered, :3] = normals @ rotation
+        planes[covered, 3] = (normals * (self.positions[winner[covered]].float() - eye)).sum(1)
         self.last_seen[hit] = self.write_count
         coverage = covered.reshape(h, w)
         self.last_read_coverage = float(coverage.float().mean())
         return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w),
-                          source_depth.reshape(h, w))
+                          source_depth.reshape(h, w), planes.reshape(h, w, 4))
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:

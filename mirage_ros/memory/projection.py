@@ -42,12 +42,16 @@ class MemoryRead:
     ``source_depth [h,w]`` (latent memory only): the depth at which each shown token was observed.
     A token's features encode the depth of the view that wrote it; ``depth / source_depth`` is the
     factor that turns its decoded depth into depth seen from this camera.
+
+    ``planes [h,w,4]`` (latent memory only): each shown token's surface plane in this camera's frame,
+    ``(n, d)`` with ``n . X = d`` (NaN where uncovered); see ``planar_depth``.
     """
 
     latent: torch.Tensor
     coverage: torch.Tensor
     depth: torch.Tensor
     source_depth: torch.Tensor | None = None
+    planes: torch.Tensor | None = None
 
     @property
     def coverage_fraction(self) -> float:
@@ -96,6 +100,27 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
                           torch.arange(width, dtype=K.dtype, device=K.device), indexing="ij")
     pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)
     return pixels @ torch.linalg.inv(K).T
+
+
+def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, K: torch.Tensor, image_hw: tuple[int, int],
+                 max_deviation: float = 0.25) -> torch.Tensor:
+    """Depth ``[H,W]`` of every image pixel on the plane of the token shown in its latent cell.
+
+    A token stands for a small planar surface patch, so a pixel ray meets it at an exact depth: walls,
+    floors and box faces come out smooth at image resolution instead of as one value per 8x8 cell.
+    ``planes [h,w,4]`` and ``cell_depth [h,w]`` (the depth at the cell centre) come from a
+    ``MemoryRead``; pixels whose ray misses the plane (NaN, behind the camera) or lands further than
+    ``max_deviation`` (relative) from the cell centre's depth (grazing planes) are NaN: the caller
+    keeps another estimate there.
+    """
+    height, width = image_hw
+    h, w = planes.shape[:2]
+    to_pixels = lambda grid: grid.repeat_interleave(height // h, 0).repeat_interleave(width // w, 1)
+    cell = to_pixels(planes.to(torch.float64))
+    depth = cell[..., 3] / (pixel_rays(K.to(torch.float64), height, width) * cell[..., :3]).sum(-1)
+    centre = to_pixels(cell_depth.to(torch.float64))
+    usable = torch.isfinite(depth) & (depth > 0) & ((depth - centre).abs() <= max_deviation * centre)
+    return torch.where(usable, depth, torch.full_like(depth, float("nan"))).float()
 
 
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:

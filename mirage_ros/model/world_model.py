@@ -26,6 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
+from mirage_ros.memory.projection import planar_depth
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
@@ -116,6 +117,7 @@ class MemoryView:
     depth: torch.Tensor        # [h, w] metres, 0 where uncovered
     pixel_coverage: torch.Tensor  # [H, W] bool, what is already known at image resolution
     depth_scale: torch.Tensor | None = None  # [H, W] decoded depth -> depth seen from here (None: 1)
+    planar_depth: torch.Tensor | None = None  # [H, W] depth on the remembered token planes, NaN: unknown
 
 
 def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray) -> torch.Tensor:
@@ -345,7 +347,10 @@ class WorldModel:
         rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         rgb, depth = rgb[0], depth[0]
         if view.depth_scale is not None and self.sampling.keep_remembered:
+            # Remembered surfaces: exact depth on their token planes; elsewhere the decoded depth,
+            # rescaled from where the token was seen to here.
             depth = depth * view.depth_scale
+            depth = torch.where(torch.isfinite(view.planar_depth), view.planar_depth, depth)
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -402,8 +407,10 @@ class WorldModel:
             to_pixels = lambda grid: grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
             # Remembered tokens are decoded as they were seen; rescale their depth to this viewpoint.
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
+            K = torch.as_tensor(self.K, dtype=torch.float64, device=self.device)
             return MemoryView(read.latent.float(), read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                              to_pixels(read.coverage), to_pixels(scale))
+                              to_pixels(read.coverage), to_pixels(scale),
+                              planar_depth(read.planes, read.depth, K, self.image_size))
         # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
         render = self.memory.read(cam_to_world, self.K, self.image_size)
         with self._autocast():  # NaN depth = far
