@@ -32,6 +32,8 @@ from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
 
 MEMORY_KINDS = ("latent", "explicit", "none")
+#: Relative depth difference up to which a remembered token's plane refines its decoded depth.
+PLANE_AGREEMENT = 0.25
 #: Arithmetic of the networks: ``auto`` is bfloat16 where the hardware runs it natively (CUDA with bf16,
 #: CPUs with AVX-512 bf16/AMX: about 2x faster there), else float32.
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -347,10 +349,12 @@ class WorldModel:
         rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         rgb, depth = rgb[0], depth[0]
         if view.depth_scale is not None and self.sampling.keep_remembered:
-            # Remembered surfaces: exact depth on their token planes; elsewhere the decoded depth,
-            # rescaled from where the token was seen to here.
+            # Remembered tokens: the decoded depth, rescaled from where the token was seen to here,
+            # refined to the exact depth on the token's plane where the two agree (a plane fitted to
+            # imagined, noisy depth can be tilted: there the decoded depth stays).
             depth = depth * view.depth_scale
-            depth = torch.where(torch.isfinite(view.planar_depth), view.planar_depth, depth)
+            agree = (view.planar_depth - depth).abs() <= PLANE_AGREEMENT * depth  # False where NaN
+            depth = torch.where(agree, view.planar_depth, depth)
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
