@@ -247,3 +247,13 @@ def test_planar_depth_of_remembered_tokens_matches_the_true_depth_per_pixel():
     assert np.median(relative) < 1e-3 and np.mean(relative < 0.01) > 0.9
     cell_constant = np.repeat(np.repeat(read.depth.numpy(), 8, 0), 8, 1)[known]
     assert np.mean(relative) < np.mean(np.abs(cell_constant - truth[known]) / truth[known])
+
+
+def test_plane_depth_refines_decoded_depth_only_where_they_agree():
+    from mirage_ros.memory.projection import refine_depth_with_planes
+
+    decoded = torch.tensor([2.0, 2.0, 2.0, 4.0])
+    planes = torch.tensor([2.1, 3.0, float("nan"), 3.2])
+    refined = refine_depth_with_planes(decoded, planes, tolerance=0.25)
+    # agrees (5 %) -> plane; disagrees (50 %) -> decoded; no plane -> decoded; 20 % -> plane
+    torch.testing.assert_close(refined, torch.tensor([2.1, 2.0, 2.0, 3.2]))

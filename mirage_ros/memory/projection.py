@@ -123,6 +123,13 @@ def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, K: torch.Tensor
     return torch.where(usable, depth, torch.full_like(depth, float("nan"))).float()
 
 
+def refine_depth_with_planes(depth: torch.Tensor, plane_depth: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``plane_depth`` where it is known and within ``tolerance`` (relative) of ``depth``, else ``depth``:
+    a plane fitted to imagined, noisy depth can be tilted, and then the decoder's depth is the better guess."""
+    agree = (plane_depth - depth).abs() <= tolerance * depth  # False where plane_depth is NaN
+    return torch.where(agree, plane_depth, depth)
+
+
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
     return points_camera @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 

@@ -26,7 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.projection import planar_depth
+from mirage_ros.memory.projection import planar_depth, refine_depth_with_planes
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
@@ -350,11 +350,8 @@ class WorldModel:
         rgb, depth = rgb[0], depth[0]
         if view.depth_scale is not None and self.sampling.keep_remembered:
             # Remembered tokens: the decoded depth, rescaled from where the token was seen to here,
-            # refined to the exact depth on the token's plane where the two agree (a plane fitted to
-            # imagined, noisy depth can be tilted: there the decoded depth stays).
-            depth = depth * view.depth_scale
-            agree = (view.planar_depth - depth).abs() <= PLANE_AGREEMENT * depth  # False where NaN
-            depth = torch.where(agree, view.planar_depth, depth)
+            # refined to the exact depth on the token's plane where the two agree.
+            depth = refine_depth_with_planes(depth * view.depth_scale, view.planar_depth, PLANE_AGREEMENT)
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
