@@ -232,12 +232,13 @@ def test_bad_input_raises_and_changes_nothing(change, message):
 def test_planar_depth_of_remembered_tokens_matches_the_true_depth_per_pixel():
     """Seen from another view, the planes of remembered wall, floor and box tokens give every pixel
     its true depth (walls and floors are planar), not one depth per 8x8 cell."""
-    from mirage_ros.memory.projection import planar_depth
+    from mirage_ros.memory.projection import pixel_rays, planar_depth
 
     memory = LatentSpatialMemory(EXACT)
     memory.write(latent(), depth_at(A), CAMERA.K, A)
     read = memory.read(B, CAMERA.K, (16, 16))
-    depth = planar_depth(read.planes, read.depth, torch.as_tensor(CAMERA.K), (128, 128)).numpy()
+    rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
+    depth = planar_depth(read.planes, read.depth, rays).numpy()
     truth = depth_at(B)
     known = np.isfinite(depth)
     assert known.mean() > 0.3

@@ -102,22 +102,23 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pixels @ torch.linalg.inv(K).T
 
 
-def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, K: torch.Tensor, image_hw: tuple[int, int],
+def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, rays: torch.Tensor,
                  max_deviation: float = 0.25) -> torch.Tensor:
     """Depth ``[H,W]`` of every image pixel on the plane of the token shown in its latent cell.
 
     A token stands for a small planar surface patch, so a pixel ray meets it at an exact depth: walls,
     floors and box faces come out smooth at image resolution instead of as one value per 8x8 cell.
     ``planes [h,w,4]`` and ``cell_depth [h,w]`` (the depth at the cell centre) come from a
-    ``MemoryRead``; pixels whose ray misses the plane (NaN, behind the camera) or lands further than
+    ``MemoryRead``; ``rays [H,W,3]`` are the image's ``pixel_rays`` (fixed per camera: callers keep
+    them). Pixels whose ray misses the plane (NaN, behind the camera) or lands further than
     ``max_deviation`` (relative) from the cell centre's depth (grazing planes) are NaN: the caller
     keeps another estimate there.
     """
-    height, width = image_hw
+    height, width = rays.shape[:2]
     h, w = planes.shape[:2]
     to_pixels = lambda grid: grid.repeat_interleave(height // h, 0).repeat_interleave(width // w, 1)
     cell = to_pixels(planes.to(torch.float64))
-    depth = cell[..., 3] / (pixel_rays(K.to(torch.float64), height, width) * cell[..., :3]).sum(-1)
+    depth = cell[..., 3] / (rays.to(torch.float64) * cell[..., :3]).sum(-1)
     centre = to_pixels(cell_depth.to(torch.float64))
     usable = torch.isfinite(depth) & (depth > 0) & ((depth - centre).abs() <= max_deviation * centre)
     return torch.where(usable, depth, torch.full_like(depth, float("nan"))).float()

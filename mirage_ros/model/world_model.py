@@ -26,7 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.projection import planar_depth, refine_depth_with_planes
+from mirage_ros.memory.projection import pixel_rays, planar_depth, refine_depth_with_planes
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
@@ -179,6 +179,7 @@ class WorldModel:
         else:
             self.memory = None
         self.K: np.ndarray | None = None
+        self._pixel_rays: torch.Tensor | None = None  # [H, W, 3] of K, for per-pixel plane depth
         self._context: torch.Tensor | None = None
         self._previous_pose: np.ndarray | None = None
         self._generator = torch.Generator(device=self.device)
@@ -231,7 +232,7 @@ class WorldModel:
         if not valid.any():
             raise ValueError("depth has no valid (finite, positive) pixel")
         cam_to_world = validate_transform(cam_to_world, "cam_to_world")
-        self.K = scale_intrinsics(validate_intrinsics(K), rgb.shape[:2], self.image_size)
+        self._set_intrinsics(scale_intrinsics(validate_intrinsics(K), rgb.shape[:2], self.image_size))
         rgb_t, depth_t = _resize_observation(rgb, depth, self.image_size)
         rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
         with self._autocast():
@@ -254,10 +255,15 @@ class WorldModel:
         K = validate_intrinsics(K)
         cam_to_world = validate_transform(cam_to_world, "cam_to_world")
         self.memory.load(path)
-        self.K = K
+        self._set_intrinsics(K)
         read = self.memory.read(cam_to_world, K, self.latent_size)
         self._start(read.latent.float(), cam_to_world)
         return read.coverage_fraction
+
+    def _set_intrinsics(self, K: np.ndarray) -> None:
+        """Intrinsics at the model's image size, and the pixel rays that depend on nothing else."""
+        self.K = K
+        self._pixel_rays = pixel_rays(torch.as_tensor(K, dtype=torch.float64, device=self.device), *self.image_size)
 
     def _start(self, context: torch.Tensor, cam_to_world: np.ndarray) -> None:
         self._context = context
@@ -408,10 +414,11 @@ class WorldModel:
             to_pixels = lambda grid: grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
             # Remembered tokens are decoded as they were seen; rescale their depth to this viewpoint.
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
-            K = torch.as_tensor(self.K, dtype=torch.float64, device=self.device)
+            # Only kept tokens use their plane depth; redrawn ones are decoded afresh.
+            planes = (planar_depth(read.planes, read.depth, self._pixel_rays)
+                      if self.sampling.keep_remembered else None)
             return MemoryView(read.latent.float(), read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                              to_pixels(read.coverage), to_pixels(scale),
-                              planar_depth(read.planes, read.depth, K, self.image_size))
+                              to_pixels(read.coverage), to_pixels(scale), planes)
         # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
         render = self.memory.read(cam_to_world, self.K, self.image_size)
         with self._autocast():  # NaN depth = far
