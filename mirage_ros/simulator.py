@@ -8,14 +8,16 @@ base's initial pose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mirage_ros.camera import CameraMount, PinholeCamera, validate_intrinsics
-from mirage_ros.kinematics import BodyTwist, PlanarBase, PlanarPose
+from mirage_ros.kinematics import BaseLimits, BodyTwist, PlanarBase, PlanarPose
+from mirage_ros.memory import MemoryStats
 from mirage_ros.model.world_model import StepResult, WorldModel
 
 
@@ -79,6 +81,10 @@ class CollisionConfig:
     min_height: float = 0.05
     max_height: float = 1.5
 
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any]) -> "CollisionConfig":
+        return cls(radius=params["collision_radius"])
+
 
 @dataclass
 class SimFrame:
@@ -115,7 +121,7 @@ class Simulator:
         cam_to_odom = self.mount.camera_to_world(self.initial_pose.matrix())
         kind = self.start.kind
         if kind == "memory":
-            self.model.start_from_memory(self.start.memory_path, self.camera.K, cam_to_odom)
+            self.model.load_memory(self.start.memory_path, self.camera.K, cam_to_odom)
             return
         if kind == "observation":
             rgb, depth = ((self.start.rgb, self.start.depth) if self.start.rgb is not None
@@ -142,13 +148,62 @@ class Simulator:
         contact = False
         if self.collision.radius > 0:
             c = self.collision
-            after = self.model.nearest_obstacle(pose.x, pose.y, c.min_height, c.max_height)
-            if after < c.radius and after < self.model.nearest_obstacle(previous.x, previous.y, c.min_height,
-                                                                        c.max_height):
+            after = self.model.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
+            if after < c.radius and after < self.model.nearest_surface(previous.x, previous.y, c.min_height,
+                                                                       c.max_height):
                 self.base.stop_at(previous)
                 pose, contact = previous, True
         cam_to_world = self.mount.camera_to_world(pose.matrix())
         return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world), contact)
+
+    # ------------------------------------------------------------------ memory services
+    def camera_pose(self) -> np.ndarray:
+        """The camera's optical-frame pose in the odometry (memory) frame, at the base's pose."""
+        return self.mount.camera_to_world(self.base.pose.matrix())
+
+    def save_memory(self, path: str | Path) -> MemoryStats:
+        """Write the memory to ``path`` (safetensors); returns what was saved. ``ValueError`` on failure,
+        with nothing written."""
+        self.model.save_memory(path)
+        return self.model.memory_stats()
+
+    def load_memory(self, path: str | Path) -> float:
+        """Replace the memory with a saved one and continue from it at the base's current pose;
+        returns how much of the current view it covers. ``ValueError`` changes nothing."""
+        return self.model.load_memory(path, self.camera.K, self.camera_pose())
+
+    def memory_cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        """Remembered positions ``[N,3]`` (odometry frame) and display colours ``[N,3]`` uint8."""
+        return self.model.memory_points()
+
+    def memory_stats(self) -> MemoryStats:
+        return self.model.memory_stats()
+
+
+def build_simulator(params: dict[str, Any]) -> Simulator:
+    """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
+    also what offline rollouts build."""
+    mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
+    model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
+                                       device=params["device"], seed=params["seed"],
+                                       precision=params["precision"])
+    # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
+    model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
+    height, width = model.image_size
+    camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
+    base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
+    start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
+                      K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
+    return Simulator(model, camera, mount, base, start, PlanarPose(*params["initial_pose"]),
+                     CollisionConfig.from_parameters(params))
+
+
+def base_limits(params: dict[str, Any]) -> BaseLimits:
+    """The base's limits from the parameters of the same names."""
+    return BaseLimits(max_linear_velocity=params["max_linear_velocity"],
+                      max_angular_velocity=params["max_angular_velocity"],
+                      max_linear_acceleration=params["max_linear_acceleration"],
+                      max_angular_acceleration=params["max_angular_acceleration"])
 
 
 def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMount) -> tuple[np.ndarray, np.ndarray]:

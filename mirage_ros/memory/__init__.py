@@ -1,7 +1,11 @@
-"""Spatial memories: the latent one (the paper's method) and the explicit RGB point-cloud baseline."""
+"""Spatial memories behind one protocol (``SpatialMemory``): the latent one (the paper's method), the
+explicit RGB point-cloud baseline and none (the ablation)."""
 
-from mirage_ros.memory.explicit import ExplicitPointCloudMemory
-from mirage_ros.memory.latent import LatentMemoryConfig, LatentSpatialMemory, MemoryStats
+from mirage_ros.memory.explicit import ExplicitPointCloudMemory, PointCloudRender
+from mirage_ros.memory.latent import LatentMemoryConfig, LatentSpatialMemory
+from mirage_ros.memory.none import NoMemory
 from mirage_ros.memory.projection import MemoryRead
+from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView, SpatialMemory, write_back
 
-__all__ = ["ExplicitPointCloudMemory", "LatentMemoryConfig", "LatentSpatialMemory", "MemoryRead", "MemoryStats"]
+__all__ = ["ExplicitPointCloudMemory", "Frame", "LatentMemoryConfig", "LatentSpatialMemory", "MemoryRead",
+           "MemoryStats", "MemoryView", "NoMemory", "PointCloudRender", "SpatialMemory", "write_back"]

@@ -19,22 +19,25 @@ approaching a surface leaves no pinholes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
-from mirage_ros.memory.projection import (MemoryRead, depth_tensor, intrinsics_tensor, pixel_rays, pose_tensor,
-                                          to_world, zbuffer)
+from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, depth_tensor, intrinsics_tensor, pixel_rays,
+                                          planar_depth, pose_tensor, to_pixel_grid, to_world, zbuffer)
+from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 2
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
-_FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen")
+FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen")
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,6 @@ class LatentMemoryConfig:
             raise ValueError(f"invalid memory config {self}")
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be float16 or float32, got {self.feature_dtype!r}")
-
-
-@dataclass(frozen=True)
-class MemoryStats:
-    tokens: int                 # stored tokens (one per occupied voxel)
-    voxels: int                 # occupied voxels
-    observations: int           # tokens written since the last clear, before fusion
-    bytes: int                  # bytes held by the stored tensors
-    last_read_coverage: float   # fraction of the latent grid covered by the last read
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -134,6 +128,7 @@ class LatentSpatialMemory:
     def __init__(self, config: LatentMemoryConfig | None = None, device: str | torch.device = "cpu") -> None:
         self.config = config or LatentMemoryConfig()
         self.device = torch.device(device)
+        self._ray_cache: tuple[tuple, torch.Tensor] | None = None
         self.clear()
 
     # ------------------------------------------------------------------ state
@@ -144,6 +139,7 @@ class LatentSpatialMemory:
         self.observations = 0
         self.write_count = 0
         self.last_read_coverage = 0.0
+        self._feature_to_rgb: torch.Tensor | None = None
 
     def _empty_state(self, channels: int) -> dict[str, torch.Tensor]:
         dtype = getattr(torch, self.config.feature_dtype)
@@ -157,13 +153,54 @@ class LatentSpatialMemory:
                 "last_seen": torch.zeros(0, dtype=torch.long, device=self.device)}
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
-        for name in _FIELDS:
+        for name in FIELDS:
             setattr(self, name, state[name])
 
     def stats(self) -> MemoryStats:
-        held = sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in _FIELDS)
-        return MemoryStats(int(self.keys.numel()), int(self.keys.numel()), self.observations, held,
-                           self.last_read_coverage)
+        held = sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in FIELDS)
+        return MemoryStats(int(self.keys.numel()), held, self.observations, self.last_read_coverage)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tokens, one tensor per field of ``FIELDS`` (clones: editing them changes nothing here)."""
+        return {name: getattr(self, name).clone() for name in FIELDS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: LatentMemoryConfig | None = None,
+                     device: str | torch.device = "cpu") -> "LatentSpatialMemory":
+        """A memory holding exactly these tokens (the fields of ``FIELDS``, as ``tensors()`` gives them);
+        every tensor is validated as a loaded file is, and a bad one raises ``ValueError``."""
+        memory = cls(config, device)
+        state, channels = memory._validated_state(tensors)
+        memory._set_state(state)
+        memory.channels = channels or None
+        return memory
+
+    def _validated_state(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """``tensors`` checked field by field (presence, dtype, shape, finiteness, sorted unique keys),
+        moved to this memory's device, and the channel count they imply."""
+        missing = [name for name in FIELDS if not isinstance(tensors.get(name), torch.Tensor)]
+        if missing:
+            raise ValueError(f"tensors {missing} are missing")
+        features = tensors["features"]
+        if features.dim() != 2:
+            raise ValueError(f"tensor 'features' must be [N, C], got shape {tuple(features.shape)}")
+        channels = int(features.shape[1])
+        expected = self._empty_state(channels)
+        count = int(tensors["keys"].shape[0]) if tensors["keys"].dim() == 1 else -1
+        for name in FIELDS:
+            tensor = tensors[name]
+            if (tensor.dtype != expected[name].dtype or tensor.dim() != expected[name].dim()
+                    or tensor.shape[0] != count or tuple(tensor.shape[1:]) != tuple(expected[name].shape[1:])):
+                raise ValueError(f"tensor {name!r} has dtype {tensor.dtype} and shape {tuple(tensor.shape)}; "
+                                 f"expected {expected[name].dtype} {(count, *expected[name].shape[1:])}")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"tensor {name!r} contains NaN or inf")
+        if count and not bool(torch.all(tensors["keys"][1:] > tensors["keys"][:-1])):
+            raise ValueError("tensor 'keys' is not sorted and unique")
+        if count and not (bool((tensors["view_depths"] > 0).all()) and bool((tensors["weights"] > 0).all())
+                          and bool((tensors["extents"] > 0).all())):
+            raise ValueError("view depths, weights and extents must be positive")
+        return {name: tensors[name].to(self.device) for name in FIELDS}, channels
 
     # ------------------------------------------------------------------ write
     def _lift(self, latent: torch.Tensor, depth: torch.Tensor, usable: torch.Tensor, K: torch.Tensor,
@@ -290,9 +327,27 @@ class LatentSpatialMemory:
         oldest = torch.argsort(self.last_seen, stable=True)[:excess]
         keep = torch.ones_like(self.keys, dtype=torch.bool)
         keep[oldest] = False
-        self._set_state({name: getattr(self, name)[keep] for name in _FIELDS})
+        self._set_state({name: getattr(self, name)[keep] for name in FIELDS})
 
     # ------------------------------------------------------------------ read
+    def _visible(self, eye: torch.Tensor, rotation: torch.Tensor, K_latent: torch.Tensor, h: int, w: int
+                 ) -> torch.Tensor:
+        """Indices (ascending) of the tokens that can be drawn: in front of the camera, projecting
+        within the grid plus the largest splat (and a pixel of rounding margin), and facing the camera
+        (a surface is seen from its front side only, so the far side of a wall never shows through it).
+        A conservative cull: the z-buffer applies the exact tests, so results are those of all tokens."""
+        camera = (self.positions - eye) @ rotation
+        z = camera[:, 2]
+        margin = self.config.max_splat_radius + 1
+        depth = z.clamp_min(NEAR_PLANE)
+        u = (K_latent[0, 0] * camera[:, 0] + K_latent[0, 1] * camera[:, 1]) / depth + K_latent[0, 2]
+        v = K_latent[1, 1] * camera[:, 1] / depth + K_latent[1, 2]
+        candidate = ((z > NEAR_PLANE) & (u > -margin - 0.5) & (u < w + margin - 0.5)
+                     & (v > -margin - 0.5) & (v < h + margin - 0.5))
+        ids = torch.nonzero(candidate).squeeze(1)
+        front = ((eye - self.positions[ids]) * self.normals[ids].float()).sum(1) > 0
+        return ids[front]
+
     @torch.inference_mode()
     def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int]) -> MemoryRead:
         """The memory seen from ``cam_to_world`` with image-resolution ``K`` on an ``latent_hw`` grid."""
@@ -305,52 +360,116 @@ class LatentSpatialMemory:
                                    dtype=torch.float64, device=self.device)
         pose = pose_tensor(cam_to_world, self.device)
         channels = self.channels or 0
-        latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)
+        eye, rotation = pose[:3, 3].float(), pose[:3, :3].float()
+        ids = self._visible(eye, rotation, K_latent.float(), h, w)
+        positions, normals = self.positions[ids], self.normals[ids]
         radius = None
-        # A surface is seen from its front side only: tokens facing away from the camera are culled
-        # (moved behind it), so the far side of a wall never shows through it.
-        eye = pose[:3, 3].float()
-        front = ((eye - self.positions) * self.normals.float()).sum(1) > 0
-        behind_camera = eye - pose[:3, 2].float()  # a point 1 m behind the camera is never drawn
-        points = torch.where(front.unsqueeze(1), self.positions, behind_camera)
-        if self.config.max_splat_radius and self.keys.numel():
-            camera_z = (self.positions - eye) @ pose[:3, 2].float()
-            footprint = self.extents * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
+        if self.config.max_splat_radius and ids.numel():
+            camera_z = (positions - eye) @ pose[:3, 2].float()
+            footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
             radius = torch.ceil((footprint - 1.0) / 2).long().clamp(0, self.config.max_splat_radius)
-        winner, depth, hit = zbuffer(points, pose, K_latent, (h, w), radius, self.normals)
-        covered = winner >= 0
+        shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals)
+        covered = shown >= 0
+        winner = ids[shown[covered]]
+        latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)
         if channels:
-            latent[:, covered] = self.features[winner[covered]].float().T
+            latent[:, covered] = self.features[winner].float().T
         source_depth = torch.full((h * w,), float("nan"), device=self.device)
-        source_depth[covered] = self.view_depths[winner[covered]].float()
+        source_depth[covered] = self.view_depths[winner].float()
         # Each shown token's plane in this camera's frame: n_cam . X_cam = n . (position - eye).
         planes = torch.full((h * w, 4), float("nan"), device=self.device)
-        rotation = pose[:3, :3].float()
-        normals = self.normals[winner[covered]].float()
-        planes[covered, :3] = normals @ rotation
-        planes[covered, 3] = (normals * (self.positions[winner[covered]].float() - eye)).sum(1)
-        self.last_seen[hit] = self.write_count
+        winner_normals = self.normals[winner].float()
+        planes[covered, :3] = winner_normals @ rotation
+        planes[covered, 3] = (winner_normals * (self.positions[winner] - eye)).sum(1)
+        self.last_seen[ids[hit]] = self.write_count
         coverage = covered.reshape(h, w)
         self.last_read_coverage = float(coverage.float().mean())
         return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w),
                           source_depth.reshape(h, w), planes.reshape(h, w, 4))
 
+    # ------------------------------------------------------------------ the SpatialMemory protocol
+    def write_frame(self, frame: Frame, valid: torch.Tensor) -> int:
+        """Lift ``frame``'s tokens where ``valid``; the first frame with colour after a clear also fits
+        the display colours of tokens (``points``)."""
+        written = self.write(frame.latent, frame.depth, frame.K, frame.cam_to_world, valid=valid)
+        if self._feature_to_rgb is None and frame.rgb is not None:
+            self._feature_to_rgb = fit_feature_colors(frame.latent, frame.rgb, self.config.patch_size)
+        return written
+
+    def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
+                  surface_depth: bool = True) -> MemoryView:
+        height, width = int(image_hw[0]), int(image_hw[1])
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
+        read = self.read(cam_to_world, K, (height // p, width // p))
+        # Remembered tokens are decoded as they were seen; this rescales their depth to this viewpoint.
+        scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
+        planes = planar_depth(read.planes, read.depth, self._rays(K, height, width)) if surface_depth else None
+        return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
+                          to_pixel_grid(read.coverage, p), to_pixel_grid(scale, p), planes)
+
+    def _rays(self, K: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """Pixel rays of ``K``, kept while the camera stays the same (they depend on nothing else)."""
+        key = (np.asarray(K, dtype=np.float64).tobytes(), height, width)
+        if self._ray_cache is None or self._ray_cache[0] != key:
+            rays = pixel_rays(torch.as_tensor(np.asarray(K, dtype=np.float64), device=self.device), height, width)
+            self._ray_cache = (key, rays)
+        return self._ray_cache[1]
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.keys.numel():
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        positions = self.positions.float()
+        if self._feature_to_rgb is None:
+            colors = torch.full_like(positions, 0.7)
+        else:
+            features = self.features.float()
+            design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+            colors = (design @ self._feature_to_rgb.to(self.device)).clamp(0, 1)
+        return positions.cpu().numpy(), (colors * 255).round().to(torch.uint8).cpu().numpy()
+
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        """A token stands for a surface patch (its position, normal and footprint), so the distance is
+        to that patch: along the normal, plus any sideways overshoot beyond half its footprint."""
+        band = (self.positions[:, 2] >= min_height) & (self.positions[:, 2] <= max_height)
+        if not bool(band.any()):
+            return math.inf
+        offset = torch.tensor([x, y], dtype=torch.float64, device=self.device) - self.positions[band, :2].double()
+        normal = self.normals[band, :2].double()
+        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        along = (offset * normal).sum(1)
+        sideways = (offset - along[:, None] * normal).norm(dim=1)
+        overshoot = (sideways - self.extents[band].double() / 2).clamp_min(0)
+        return float(torch.hypot(along, overshoot).min())
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
-        """Write the memory to a safetensors file (tensors + config and format version as metadata)."""
+        """Write the memory to a safetensors file (tensors + config and format version as metadata).
+        The file appears complete or not at all: an error raises ``ValueError`` and leaves nothing."""
         metadata = {"format": "mirage_ros.LatentSpatialMemory", "format_version": str(FORMAT_VERSION),
                     "config": json.dumps(asdict(self.config)), "channels": str(self.channels or 0),
                     "observations": str(self.observations), "write_count": str(self.write_count)}
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _FIELDS}
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in FIELDS}
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; give a file path")
+        if not path.parent.is_dir():
+            raise ValueError(f"folder {path.parent} does not exist")
         partial = path.with_name(path.name + ".partial")
-        save_file(tensors, str(partial), metadata=metadata)
-        partial.replace(path)
+        try:
+            save_file(tensors, str(partial), metadata=metadata)
+            partial.replace(path)
+        except (SafetensorError, OSError) as error:
+            partial.unlink(missing_ok=True)
+            raise ValueError(f"cannot write {path}: {error}") from error
 
     @torch.inference_mode()
-    def load(self, path: str | Path) -> None:
-        """Replace the memory with a saved one; a missing, corrupt, truncated or mismatched file raises
-        ``ValueError`` and leaves the current memory untouched."""
+    def load(self, path: str | Path, channels: int | None = None) -> None:
+        """Replace the memory with a saved one; a missing, corrupt, truncated or mismatched file (other
+        patch or voxel size, feature type, or token ``channels`` when given) raises ``ValueError`` and
+        leaves the current memory untouched."""
+        expected_channels = channels
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"memory file not found: {path}")
@@ -364,27 +483,40 @@ class LatentSpatialMemory:
             raise ValueError(f"{path}: not a LatentSpatialMemory file")
         if metadata.get("format_version") != str(FORMAT_VERSION):
             raise ValueError(f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}")
-        saved = json.loads(metadata["config"])
+        try:
+            saved = json.loads(metadata["config"])
+            channels, observations, write_count = (int(metadata[name]) for name in
+                                                   ("channels", "observations", "write_count"))
+            if not isinstance(saved, dict):
+                raise TypeError(f"config is a {type(saved).__name__}, not an object")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: malformed memory metadata ({type(error).__name__}: {error})") from error
         for name in ("patch_size", "voxel_size", "feature_dtype"):
             if saved.get(name) != getattr(self.config, name):
                 raise ValueError(f"{path}: saved with {name}={saved.get(name)}, this memory uses "
                                  f"{getattr(self.config, name)}")
-        channels = int(metadata["channels"])
-        state = {name: tensors.get(name) for name in _FIELDS}
-        expected = self._empty_state(channels)
-        count = state["keys"].shape[0] if state["keys"] is not None else -1
-        for name in _FIELDS:
-            tensor = state[name]
-            if (tensor is None or tensor.dtype != expected[name].dtype or tensor.shape[0] != count
-                    or tuple(tensor.shape[1:]) != tuple(expected[name].shape[1:])):
-                raise ValueError(f"{path}: tensor {name!r} is missing or has the wrong type or shape")
-        if count and not (bool(torch.all(state["keys"][1:] > state["keys"][:-1]))
-                          and bool(torch.isfinite(state["positions"]).all())
-                          and bool((state["view_depths"].float() > 0).all())
-                          and bool(torch.isfinite(state["features"].float()).all())):
-            raise ValueError(f"{path}: memory content is inconsistent (unsorted keys or non-finite values)")
-        self._set_state({name: tensor.to(self.device) for name, tensor in state.items()})
-        self.channels = channels or None
-        self.observations = int(metadata["observations"])
-        self.write_count = int(metadata["write_count"])
+        try:
+            state, tensor_channels = self._validated_state(tensors)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+        if state["keys"].numel() and tensor_channels != channels:
+            raise ValueError(f"{path}: metadata says {channels} channels, the features have {tensor_channels}")
+        if state["keys"].numel() and expected_channels is not None and tensor_channels != expected_channels:
+            raise ValueError(f"{path}: the memory holds {tensor_channels}-channel tokens; this model's have "
+                             f"{expected_channels}")
+        if min(observations, write_count) < 0:
+            raise ValueError(f"{path}: negative observation or write counts")
+        self._set_state(state)
+        self.channels = tensor_channels if state["keys"].numel() else None
+        self.observations, self.write_count = observations, write_count
         self.last_read_coverage = 0.0
+        self._feature_to_rgb = None
+
+
+def fit_feature_colors(latent: torch.Tensor, rgb: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Least-squares affine map ``[C+1, 3]`` from a token's features to its patch's mean colour: how
+    the memory's point cloud is coloured for display (tokens hold features, not colours)."""
+    colors = F.avg_pool2d(rgb[None].float(), patch_size)[0].reshape(3, -1).T.double()           # [h*w, 3]
+    features = latent.reshape(latent.shape[0], -1).T.double()
+    design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+    return torch.linalg.lstsq(design.cpu(), colors.cpu(), driver="gelsd").solution.float()

@@ -36,22 +36,23 @@ _CENTRE_BITS = 8
 
 @dataclass
 class MemoryRead:
-    """A memory seen from a camera: ``latent [C,h,w]`` (RGB in [0,1] for the explicit memory),
-    ``coverage [h,w]`` bool and ``depth [h,w]`` metres along the optical axis, NaN where uncovered.
+    """A latent memory seen from a camera, on the latent grid: ``latent [C,h,w]`` (zeros where
+    uncovered), ``coverage [h,w]`` bool and ``depth [h,w]`` metres along the optical axis, NaN where
+    uncovered.
 
-    ``source_depth [h,w]`` (latent memory only): the depth at which each shown token was observed.
-    A token's features encode the depth of the view that wrote it; ``depth / source_depth`` is the
-    factor that turns its decoded depth into depth seen from this camera.
+    ``source_depth [h,w]``: the depth at which each shown token was observed. A token's features
+    encode the depth of the view that wrote it; ``depth / source_depth`` is the factor that turns its
+    decoded depth into depth seen from this camera.
 
-    ``planes [h,w,4]`` (latent memory only): each shown token's surface plane in this camera's frame,
-    ``(n, d)`` with ``n . X = d`` (NaN where uncovered); see ``planar_depth``.
+    ``planes [h,w,4]``: each shown token's surface plane in this camera's frame, ``(n, d)`` with
+    ``n . X = d`` (NaN where uncovered); see ``planar_depth``.
     """
 
     latent: torch.Tensor
     coverage: torch.Tensor
     depth: torch.Tensor
-    source_depth: torch.Tensor | None = None
-    planes: torch.Tensor | None = None
+    source_depth: torch.Tensor
+    planes: torch.Tensor
 
     @property
     def coverage_fraction(self) -> float:
@@ -102,6 +103,11 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pixels @ torch.linalg.inv(K).T
 
 
+def to_pixel_grid(grid: torch.Tensor, factor: int) -> torch.Tensor:
+    """A latent-grid map ``[h,w,...]`` repeated over each cell's ``factor x factor`` image pixels."""
+    return grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+
+
 def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, rays: torch.Tensor,
                  max_deviation: float = 0.25) -> torch.Tensor:
     """Depth ``[H,W]`` of every image pixel on the plane of the token shown in its latent cell.
@@ -116,10 +122,11 @@ def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, rays: torch.Ten
     """
     height, width = rays.shape[:2]
     h, w = planes.shape[:2]
-    to_pixels = lambda grid: grid.repeat_interleave(height // h, 0).repeat_interleave(width // w, 1)
-    cell = to_pixels(planes.to(torch.float64))
+    if height // h != width // w:
+        raise ValueError(f"latent grid {h}x{w} and image {height}x{width} have different cell sizes")
+    cell = to_pixel_grid(planes.to(torch.float64), height // h)
     depth = cell[..., 3] / (rays.to(torch.float64) * cell[..., :3]).sum(-1)
-    centre = to_pixels(cell_depth.to(torch.float64))
+    centre = to_pixel_grid(cell_depth.to(torch.float64), height // h)
     usable = torch.isfinite(depth) & (depth > 0) & ((depth - centre).abs() <= max_deviation * centre)
     return torch.where(usable, depth, torch.full_like(depth, float("nan"))).float()
 

@@ -1,19 +1,20 @@
 """``WorldModel``: the per-step closed loop of the simulator.
 
-``reset`` encodes an observation and writes it to the spatial memory. Each ``step(cam_to_world)``:
-read the memory at the target camera -> denoise the next latent conditioned on the read and on the
-previous frame -> decode RGB and metric depth -> write the newly generated tokens back, placed in 3D
-with the decoder's own depth (no re-encode on the latent memory path).
+``reset`` (or ``observe``) encodes a real observation and writes it to the spatial memory. Each
+``step(cam_to_world)``: read the memory at the target camera -> denoise the next latent conditioned on
+the read and on the previous frame (``sampling.py``) -> decode RGB and metric depth -> write the newly
+generated tokens back (``memory.write_back``), placed in 3D with the decoder's own depth (no re-encode
+on the latent memory path).
 
-The memory is pluggable so the paper's comparison can be run: ``"latent"`` (LatentSpatialMemory),
-``"explicit"`` (an RGB-D point cloud rendered and re-encoded each step, the explicit-3D baseline) or
-``"none"`` (no memory: the ablation).
+The memory is any ``SpatialMemory``, so the paper's comparison can be run: ``"latent"``
+(LatentSpatialMemory), ``"explicit"`` (an RGB-D point cloud rendered and re-encoded each step, the
+explicit-3D baseline) or ``"none"`` (no memory: the ablation); ``build_memory`` is the only place that
+tells them apart.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +26,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
-from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.projection import pixel_rays, planar_depth, refine_depth_with_planes
+from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
+                               NoMemory, SpatialMemory, write_back)
+from mirage_ros.memory.projection import refine_depth_with_planes
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
+from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
 
 MEMORY_KINDS = ("latent", "explicit", "none")
 #: Relative depth difference up to which a remembered token's plane refines its decoded depth.
@@ -37,6 +40,8 @@ PLANE_AGREEMENT = 0.25
 #: Arithmetic of the networks: ``auto`` is bfloat16 where the hardware runs it natively (CUDA with bf16,
 #: CPUs with AVX-512 bf16/AMX: about 2x faster there), else float32.
 PRECISIONS = ("float32", "bfloat16", "auto")
+#: Version of ``world_model.json``; 1 had no memory settings (they were the defaults).
+SETTINGS_VERSION = 2
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -50,42 +55,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         precision = "bfloat16" if native else "float32"
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
-
-
-@dataclass
-class SamplingConfig:
-    """How each frame is generated.
-
-    ``num_inference_steps`` flow-matching steps from pure noise; when the memory already covers at
-    least ``reuse_coverage`` of the view, generation instead starts from the memory read noised to
-    ``reuse_sigma`` and takes ``reuse_steps`` steps (it need not regenerate what memory holds).
-
-    ``keep_remembered``: remembered tokens are pasted into the sample at every step and into the
-    result, so a revisited place is exactly what was seen (and a fully covered view skips the
-    denoiser). Off, the memory read is the starting point and the condition, and the denoiser
-    redraws every token: it can re-align remembered content to the new view (tokens are read on
-    the coarse latent grid), at the price of revisits being only as stable as the denoiser.
-    """
-
-    num_inference_steps: int = 4
-    reuse_coverage: float = 0.95
-    reuse_sigma: float = 0.3
-    reuse_steps: int = 1
-    keep_remembered: bool = True
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.num_inference_steps <= 50:
-            raise ValueError(f"num_inference_steps must be in [1, 50], got {self.num_inference_steps}")
-        if not 0.0 < self.reuse_coverage <= 1.0 + 1e-9 and self.reuse_coverage != 2.0:
-            raise ValueError(f"reuse_coverage must be in (0, 1] (or 2 to disable), got {self.reuse_coverage}")
-        if not 0.0 < self.reuse_sigma <= 1.0 or self.reuse_steps < 1:
-            raise ValueError("reuse_sigma must be in (0, 1] and reuse_steps >= 1")
-
-    def sigmas(self, coverage_fraction: float) -> list[float]:
-        """Noise levels to visit, highest first (the scheduler appends the final 0)."""
-        if coverage_fraction >= self.reuse_coverage:
-            return np.linspace(self.reuse_sigma, 0.0, self.reuse_steps + 1)[:-1].tolist()
-        return np.linspace(1.0, 0.0, self.num_inference_steps + 1)[:-1].tolist()
 
 
 @dataclass
@@ -104,22 +73,15 @@ class StepTimings:
 
 @dataclass
 class StepResult:
-    rgb: np.ndarray            # uint8 [H, W, 3]
-    depth: np.ndarray          # float32 [H, W], metres along the optical axis
-    coverage: float            # fraction of the latent grid the memory covered before generation
+    """One generated frame: ``rgb`` uint8 ``[H,W,3]``, ``depth`` float32 ``[H,W]`` metres along the
+    optical axis, the share of the latent grid the memory covered before generation, the time per
+    phase and how many denoiser evaluations it took (0: the memory held the whole view)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    coverage: float
     timings: StepTimings = field(default_factory=StepTimings)
-
-
-@dataclass
-class MemoryView:
-    """What the denoiser sees of the memory at the target camera, on the latent grid."""
-
-    latent: torch.Tensor       # [C, h, w]
-    coverage: torch.Tensor     # [h, w] bool
-    depth: torch.Tensor        # [h, w] metres, 0 where uncovered
-    pixel_coverage: torch.Tensor  # [H, W] bool, what is already known at image resolution
-    depth_scale: torch.Tensor | None = None  # [H, W] decoded depth -> depth seen from here (None: 1)
-    planar_depth: torch.Tensor | None = None  # [H, W] depth on the remembered token planes, NaN: unknown
+    denoiser_calls: int = 0
 
 
 def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray) -> torch.Tensor:
@@ -128,7 +90,7 @@ def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray)
     return torch.from_numpy(np.concatenate([relative[:3, :3].reshape(-1), relative[:3, 3]])).float()
 
 
-def _resize_observation(rgb: np.ndarray, depth: np.ndarray, size_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_observation(rgb: np.ndarray, depth: np.ndarray, size_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``rgb`` uint8 [H0,W0,3] and depth [H0,W0] -> float rgb [3,H,W] in [0,1] and depth [H,W].
 
     Colour is area-averaged; depth is sampled at the nearest pixel so edges never blend foreground
@@ -142,18 +104,45 @@ def _resize_observation(rgb: np.ndarray, depth: np.ndarray, size_hw: tuple[int, 
     return rgb_t, depth_t
 
 
+def build_memory(kind: str, config: LatentMemoryConfig, channels: int,
+                 encoder, device: torch.device) -> SpatialMemory:
+    """The memory of ``kind`` (see ``MEMORY_KINDS``); ``encoder`` re-encodes the explicit baseline's
+    renders, ``channels`` shapes the empty views of ``none``."""
+    if kind == "latent":
+        return LatentSpatialMemory(config, device=device)
+    if kind == "explicit":
+        return ExplicitPointCloudMemory(device=device, splat_radius=1, encoder=encoder, patch_size=config.patch_size)
+    if kind == "none":
+        return NoMemory(channels, config.patch_size, device)
+    raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {kind!r}")
+
+
+def validate_observation(rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rgb`` uint8 ``[H,W,3]`` and a float ``depth [H,W]`` with at least one valid pixel, else ``ValueError``."""
+    rgb, depth = np.asarray(rgb), np.asarray(depth)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    if depth.shape != rgb.shape[:2]:
+        raise ValueError(f"depth shape {depth.shape} does not match rgb {rgb.shape[:2]}")
+    if not np.issubdtype(depth.dtype, np.floating):
+        raise ValueError(f"depth must be floating point metres, got {depth.dtype}")
+    if not (np.isfinite(depth) & (depth > 0)).any():
+        raise ValueError("depth has no valid (finite, positive) pixel")
+    return rgb, depth
+
+
 class WorldModel:
-    """Latent world model with spatial memory; see the module docstring for the step loop."""
+    """Latent world model with spatial memory; see the module docstring for the step loop.
+
+    Frames: every pose is ``cam_to_world``, a 4x4 rigid transform from the camera's optical frame
+    (z forward, x right, y down; REP 103) to the memory frame (the simulator's odometry frame).
+    Intrinsics ``K`` are 3x3 pinhole matrices at the resolution of the image they belong to.
+    """
 
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
                  image_size: tuple[int, int] = (128, 128), memory: str = "latent",
                  memory_config: LatentMemoryConfig | None = None, sampling: SamplingConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32") -> None:
-        if memory not in MEMORY_KINDS:
-            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
-        # Denormal floats make CPU convolutions ~100x slower as activations decay towards zero over a
-        # rollout; flushing them to zero changes no result that matters at fp16/fp32 image precision.
-        torch.set_flush_denormal(True)
         self.device = torch.device(device)
         self.compute_dtype = resolve_precision(precision, self.device)
         self.autoencoder = autoencoder.to(self.device).eval()
@@ -168,38 +157,47 @@ class WorldModel:
         if self.image_size[0] % factor or self.image_size[1] % factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of {factor}")
         self.latent_size = (self.image_size[0] // factor, self.image_size[1] // factor)
-        self.memory_kind = memory
         self.sampling = sampling or SamplingConfig()
+        self.memory_config = memory_config or LatentMemoryConfig(patch_size=factor)
+        if self.memory_config.patch_size != factor:
+            raise ValueError(f"memory patch_size {self.memory_config.patch_size} must equal the autoencoder's "
+                             f"downsampling factor {factor}")
         self.seed = seed
-        memory_config = memory_config or LatentMemoryConfig(patch_size=factor)
-        if memory == "latent":
-            self.memory = LatentSpatialMemory(memory_config, device=self.device)
-        elif memory == "explicit":
-            self.memory = ExplicitPointCloudMemory(device=self.device, splat_radius=1)
-        else:
-            self.memory = None
+        self.memory: SpatialMemory = build_memory(memory, self.memory_config, denoiser.config.latent_channels,
+                                                  self._encode, self.device)
         self.K: np.ndarray | None = None
-        self._pixel_rays: torch.Tensor | None = None  # [H, W, 3] of K, for per-pixel plane depth
         self._context: torch.Tensor | None = None
         self._previous_pose: np.ndarray | None = None
         self._generator = torch.Generator(device=self.device)
-        self._feature_to_rgb: torch.Tensor | None = None
         self.steps = 0
 
+    # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> "WorldModel":
         """Load the shipped default checkpoint (``path=None``) or a local directory with
-        ``autoencoder/``, ``denoiser/`` (diffusers layout) and ``world_model.json``."""
+        ``autoencoder/``, ``denoiser/`` (diffusers layout) and ``world_model.json`` (image size,
+        sampling and memory settings). ``kwargs`` go to the constructor and override the file's.
+
+        Loading for inference also switches PyTorch's process-wide flush-denormal mode on: denormal
+        floats make CPU convolutions ~100x slower as activations decay towards zero over a rollout,
+        and flushing them changes no result that matters at image precision.
+        """
         root = Path(path) if path is not None else DEFAULT_CHECKPOINT
         settings_path = root / "world_model.json"
         try:
             settings = json.loads(settings_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{settings_path}: not a readable world model settings file ({error})") from error
+            image_size = tuple(int(n) for n in settings["image_size"])
+            sampling = SamplingConfig(**settings.get("sampling", {}))
+            memory_config = LatentMemoryConfig(**settings["memory"]) if "memory" in settings else None
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{settings_path}: not a readable world model settings file "
+                             f"({type(error).__name__}: {error})") from error
         autoencoder = load_component(RGBDAutoencoder, root / "autoencoder")
         denoiser = load_component(MemoryConditionedDenoiser, root / "denoiser")
-        sampling = kwargs.pop("sampling", None) or SamplingConfig(**settings.get("sampling", {}))
-        return cls(autoencoder, denoiser, image_size=tuple(settings["image_size"]), sampling=sampling, **kwargs)
+        torch.set_flush_denormal(True)
+        kwargs.setdefault("sampling", sampling)
+        kwargs.setdefault("memory_config", memory_config)
+        return cls(autoencoder, denoiser, image_size=image_size, **kwargs)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
         """Write the checkpoint layout ``from_pretrained`` reads (weights as ``dtype`` safetensors)."""
@@ -210,7 +208,8 @@ class WorldModel:
             # nn.Module.to: every weight is cast (diffusers' own .to() warns about mixed-precision modules).
             torch.nn.Module.to(component, dtype).save_pretrained(root / name, safe_serialization=True)
             torch.nn.Module.to(component, original)
-        settings = {"format_version": 1, "image_size": list(self.image_size), "sampling": asdict(self.sampling)}
+        settings = {"format_version": SETTINGS_VERSION, "image_size": list(self.image_size),
+                    "sampling": asdict(self.sampling), "memory": asdict(self.memory_config)}
         (root / "world_model.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     def _autocast(self) -> torch.autocast:
@@ -218,135 +217,101 @@ class WorldModel:
         return torch.autocast(self.device.type, dtype=self.compute_dtype,
                               enabled=self.compute_dtype != torch.float32)
 
-    # ------------------------------------------------------------------ the loop
+    def _encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B,C,h,w]`` float32 of ``rgb [B,3,H,W]`` in [0,1] and metric ``depth [B,H,W]``."""
+        with self._autocast():
+            return self.autoencoder.encode(rgb, depth).float()
+
+    # ------------------------------------------------------------------ observations
     @torch.inference_mode()
     def reset(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> None:
-        """Start a rollout from an observation of any resolution (resized to the model's)."""
-        rgb = np.asarray(rgb)
-        depth = np.asarray(depth)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"rgb must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-        if depth.shape != rgb.shape[:2]:
-            raise ValueError(f"depth shape {depth.shape} does not match rgb {rgb.shape[:2]}")
-        valid = np.isfinite(depth) & (depth > 0)
-        if not valid.any():
-            raise ValueError("depth has no valid (finite, positive) pixel")
-        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
-        self._set_intrinsics(scale_intrinsics(validate_intrinsics(K), rgb.shape[:2], self.image_size))
-        rgb_t, depth_t = _resize_observation(rgb, depth, self.image_size)
-        rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
-        with self._autocast():
-            latent = self.autoencoder.encode(rgb_t[None], depth_t[None])[0].float()
-        if self.memory is not None:
-            self.memory.clear()
-        self._write(latent, rgb_t, depth_t, cam_to_world, new=torch.isfinite(depth_t) & (depth_t > 0))
-        self._fit_token_colors(latent, rgb_t)
-        self._start(latent, cam_to_world)
-
-    @torch.inference_mode()
-    def start_from_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
-        """Continue from a saved latent memory instead of an observation; returns the view's coverage.
-
-        ``K`` is at the model's image size. The context of the first step is the memory read at
-        ``cam_to_world``; a corrupt or mismatched file raises ``ValueError`` and changes nothing.
-        """
-        if self.memory_kind != "latent":
-            raise ValueError(f"saved memories are latent memories; this model uses {self.memory_kind!r}")
-        K = validate_intrinsics(K)
-        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
-        self.memory.load(path)
-        self._set_intrinsics(K)
-        read = self.memory.read(cam_to_world, K, self.latent_size)
-        self._start(read.latent.float(), cam_to_world)
-        return read.coverage_fraction
-
-    def _set_intrinsics(self, K: np.ndarray) -> None:
-        """Intrinsics at the model's image size, and the pixel rays that depend on nothing else."""
-        self.K = K
-        self._pixel_rays = pixel_rays(torch.as_tensor(K, dtype=torch.float64, device=self.device), *self.image_size)
-
-    def _start(self, context: torch.Tensor, cam_to_world: np.ndarray) -> None:
-        self._context = context
-        self._previous_pose = cam_to_world
+        """Start a rollout from an observation: clear the memory, ``observe`` it and restart the noise
+        seed, so equal resets and poses give equal rollouts. Arguments as for ``observe``."""
+        arguments = self._validated(rgb, depth, K, cam_to_world)
+        self.memory.clear()
+        self._observe(*arguments)
         self._generator.manual_seed(self.seed)
         self.steps = 0
 
+    @torch.inference_mode()
+    def observe(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> int:
+        """Add a real observation to the memory without clearing it; the next ``step`` continues from it
+        (its latent is the context, its pose the previous pose). Returns the memory entries written.
+
+        ``rgb`` uint8 ``[H,W,3]`` and ``depth`` float ``[H,W]`` (metres along the optical axis; NaN or
+        <= 0: no depth) of any resolution, resized to the model's; ``K`` their intrinsics (3x3, at
+        ``H x W``); ``cam_to_world`` the camera's optical-frame pose in the memory frame (4x4). Bad
+        input raises ``ValueError`` and changes nothing. Later steps generate with this ``K``.
+        """
+        return self._observe(*self._validated(rgb, depth, K, cam_to_world))
+
+    def _validated(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> tuple:
+        rgb, depth = validate_observation(rgb, depth)
+        K = scale_intrinsics(validate_intrinsics(K), rgb.shape[:2], self.image_size)
+        return rgb, depth, K, validate_transform(cam_to_world, "cam_to_world")
+
+    def _observe(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> int:
+        rgb_t, depth_t = resize_observation(rgb, depth, self.image_size)
+        rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
+        latent = self._encode(rgb_t[None], depth_t[None])[0]
+        written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world), view=None)
+        self.K = K
+        self._context, self._previous_pose = latent, cam_to_world
+        return written
+
+    # ------------------------------------------------------------------ memory files and queries
     def save_memory(self, path: str | Path) -> None:
-        if self.memory_kind != "latent":
-            raise ValueError(f"only latent memories can be saved; this model uses {self.memory_kind!r}")
+        """Write the memory to a safetensors file; ``ValueError`` (nothing written) where it cannot be."""
         self.memory.save(path)
 
-    def _fit_token_colors(self, latent: torch.Tensor, rgb: torch.Tensor) -> None:
-        """Least-squares linear map from a token's features to its patch's mean colour (for display)."""
-        factor = self.autoencoder.downsample_factor
-        colors = F.avg_pool2d(rgb[None], factor)[0].reshape(3, -1).T.double()           # [h*w, 3]
-        features = latent.reshape(latent.shape[0], -1).T.double()
-        design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
-        self._feature_to_rgb = torch.linalg.lstsq(design, colors, driver="gelsd").solution.float()
+    @torch.inference_mode()
+    def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
+        """Replace the memory with a saved one and continue from it at ``cam_to_world`` (``K`` at the
+        model's image size): the first step's context is the memory read there. Returns that view's
+        coverage. A corrupt file, or one made for another model (channels, patch size), raises
+        ``ValueError`` and changes nothing."""
+        K = validate_intrinsics(K)
+        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
+        self.memory.load(path, channels=self.denoiser.config.latent_channels)
+        view = self.memory.read_view(cam_to_world, K, self.image_size, surface_depth=False)
+        self.K = K
+        self._context, self._previous_pose = view.latent, cam_to_world
+        self._generator.manual_seed(self.seed)
+        self.steps = 0
+        return view.coverage_fraction
 
     def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Stored token positions ``[N,3]`` (memory frame) and display colours uint8 ``[N,3]``."""
-        if self.memory_kind == "latent" and self.memory.keys.numel():
-            positions = self.memory.positions.float()
-            if self._feature_to_rgb is None:
-                colors = torch.full_like(positions, 0.7)
-            else:
-                features = self.memory.features.float()
-                design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
-                colors = (design @ self._feature_to_rgb).clamp(0, 1)
-            return positions.cpu().numpy(), (colors * 255).round().to(torch.uint8).cpu().numpy()
-        if self.memory_kind == "explicit" and self.memory.positions.numel():
-            return self.memory.positions.cpu().numpy(), self.memory.colors.cpu().numpy()
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        """Stored positions ``[N,3]`` (memory frame, metres) and display colours uint8 ``[N,3]``."""
+        return self.memory.points()
 
-    def nearest_obstacle(self, x: float, y: float, min_height: float, max_height: float) -> float:
-        """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two
-        heights (memory frame, z up); ``inf`` when there is none.
+    def memory_stats(self) -> MemoryStats:
+        """Entries held, their bytes, observations since the last clear, last read's coverage."""
+        return self.memory.stats()
 
-        A latent token stands for a surface patch (its position, normal and footprint), so the distance
-        is to that patch: along the normal, plus any sideways overshoot beyond half its footprint.
-        Explicit-memory points are dense: plain point distance.
-        """
-        if self.memory_kind == "none":
-            return math.inf
-        positions = self.memory.positions
-        band = (positions[:, 2] >= min_height) & (positions[:, 2] <= max_height)
-        if not bool(band.any()):
-            return math.inf
-        offset = torch.tensor([x, y], dtype=torch.float64) - positions[band, :2].double()
-        if self.memory_kind == "explicit":
-            return float(offset.norm(dim=1).min())
-        normal = self.memory.normals[band, :2].double()
-        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        along = (offset * normal).sum(1)
-        sideways = (offset - along[:, None] * normal).norm(dim=1)
-        overshoot = (sideways - self.memory.extents[band].double() / 2).clamp_min(0)
-        return float(torch.hypot(along, overshoot).min())
-
-    def memory_stats(self) -> tuple[int, int]:
-        """Tokens (or points) held and their bytes."""
-        if self.memory_kind == "latent":
-            stats = self.memory.stats()
-            return stats.tokens, stats.bytes
-        if self.memory_kind == "explicit":
-            return int(self.memory.positions.shape[0]), self.memory.bytes
-        return 0, 0
-
+    # ------------------------------------------------------------------ the loop
     @torch.inference_mode()
-    def step(self, cam_to_world: np.ndarray) -> StepResult:
-        """Generate the frame seen from ``cam_to_world`` and remember it."""
+    def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
+        """Generate the frame seen from ``cam_to_world`` (4x4, optical frame -> memory frame) and
+        remember what it adds. ``K``: intrinsics at the model's image size; default the last ones given
+        (``reset``, ``observe``, ``load_memory`` or an earlier step)."""
         if self._context is None:
-            raise RuntimeError("call reset() with an observation before step()")
+            raise RuntimeError("call reset() with an observation (or load_memory) before step()")
         cam_to_world = validate_transform(cam_to_world, "cam_to_world")
+        if K is not None:
+            self.K = validate_intrinsics(K)
         timings = StepTimings()
         started = time.perf_counter()
-        view = self._read(cam_to_world)
+        view = self.memory.read_view(cam_to_world, self.K, self.image_size,
+                                     surface_depth=self.sampling.keep_remembered)
         timings.read = time.perf_counter() - started
 
         started = time.perf_counter()
-        coverage_fraction = float(view.coverage.float().mean())
+        motion = motion_features(self._previous_pose, cam_to_world).to(self.device)
+        condition = DenoiserCondition.build(view.latent[None], view.coverage[None], view.depth[None],
+                                            self._context[None], motion[None], self.autoencoder)
         with self._autocast():
-            latent = self._denoise(view, motion_features(self._previous_pose, cam_to_world), coverage_fraction)
+            output = sample_latent(self.denoiser, self.scheduler, condition, self.sampling, self._generator)
+        latent = output.latent[0]
         timings.denoise = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -354,87 +319,25 @@ class WorldModel:
             raw = self.autoencoder.decode_raw(latent[None])
         rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         rgb, depth = rgb[0], depth[0]
-        if view.depth_scale is not None and self.sampling.keep_remembered:
+        if view.planar_depth is not None:
             # Remembered tokens: the decoded depth, rescaled from where the token was seen to here,
             # refined to the exact depth on the token's plane where the two agree.
             depth = refine_depth_with_planes(depth * view.depth_scale, view.planar_depth, PLANE_AGREEMENT)
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
-        self._write(latent, rgb, depth, cam_to_world, new=~view.pixel_coverage)
+        write_back(self.memory, Frame(rgb, depth, latent, self.K, cam_to_world), view)
         timings.write = time.perf_counter() - started
 
         self._context = latent
         self._previous_pose = cam_to_world
         self.steps += 1
         rgb_u8 = (rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy()
-        return StepResult(rgb_u8, depth.float().cpu().numpy(), coverage_fraction, timings)
+        return StepResult(rgb_u8, depth.float().cpu().numpy(), view.coverage_fraction, timings,
+                          output.denoiser_calls)
 
-    def _denoise(self, view: MemoryView, motion: torch.Tensor, coverage_fraction: float) -> torch.Tensor:
-        """The explicit sampling loop: x0-prediction turned into flow-matching velocity per step.
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two
+        heights (memory frame, z up); ``inf`` when there is none."""
+        return self.memory.nearest_surface(x, y, min_height, max_height)
 
-        With ``keep_remembered``, what memory holds is not regenerated: at every step the covered
-        tokens of the sample are replaced by the memory read noised to the current level (inpainting),
-        and the result keeps the remembered tokens, so revisited places stay as they were and errors
-        cannot compound there.
-        """
-        keep = self.sampling.keep_remembered
-        if keep and bool(view.coverage.all()):
-            return view.latent  # memory holds every token of the view: there is nothing to generate
-        sigmas = self.sampling.sigmas(coverage_fraction)
-        self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
-        noise = torch.randn((1, *view.latent.shape), generator=self._generator, device=self.device)
-        memory_latent = view.latent[None]
-        start = sigmas[0]
-        sample = noise if start >= 1.0 else (1.0 - start) * memory_latent + start * noise
-        coverage = view.coverage[None].float()
-        depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))[None]
-        context, motion = self._context[None], motion[None].to(self.device)
-        known = coverage.unsqueeze(1) if keep else torch.zeros_like(coverage.unsqueeze(1))
-        for timestep, sigma in zip(self.scheduler.timesteps, self.scheduler.sigmas):
-            sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
-            sigma_batch = sigma.reshape(1).to(self.device)
-            clean = self.denoiser(sample, sigma_batch, memory_latent, coverage, depth, context, motion).float()
-            velocity = (sample - clean) / sigma
-            sample = self.scheduler.step(velocity, timestep, sample).prev_sample
-        return (known * memory_latent + (1.0 - known) * sample)[0]
-
-    # ------------------------------------------------------------------ memory access
-    def _read(self, cam_to_world: np.ndarray) -> MemoryView:
-        channels = self.denoiser.config.latent_channels
-        h, w = self.latent_size
-        if self.memory_kind == "none":
-            empty = torch.zeros((h, w), dtype=torch.bool, device=self.device)
-            return MemoryView(torch.zeros((channels, h, w), device=self.device), empty,
-                              torch.zeros((h, w), device=self.device),
-                              torch.zeros(self.image_size, dtype=torch.bool, device=self.device))
-        if self.memory_kind == "latent":
-            read = self.memory.read(cam_to_world, self.K, self.latent_size)
-            factor = self.autoencoder.downsample_factor
-            to_pixels = lambda grid: grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
-            # Remembered tokens are decoded as they were seen; rescale their depth to this viewpoint.
-            scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
-            # Only kept tokens use their plane depth; redrawn ones are decoded afresh.
-            planes = (planar_depth(read.planes, read.depth, self._pixel_rays)
-                      if self.sampling.keep_remembered else None)
-            return MemoryView(read.latent.float(), read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                              to_pixels(read.coverage), to_pixels(scale), planes)
-        # Explicit baseline: render RGB-D at image resolution, then re-encode it (the cost the paper removes).
-        render = self.memory.read(cam_to_world, self.K, self.image_size)
-        with self._autocast():  # NaN depth = far
-            latent = self.autoencoder.encode(render.latent.float()[None], render.depth[None])[0].float()
-        factor = self.autoencoder.downsample_factor
-        token_coverage = F.avg_pool2d(render.coverage[None, None].float(), factor)[0, 0] >= 0.999
-        nearest = torch.where(render.coverage, render.depth, torch.full_like(render.depth, 1e9))
-        token_depth = -F.max_pool2d(-nearest[None, None], factor)[0, 0]
-        return MemoryView(latent, token_coverage, torch.where(token_coverage, token_depth, torch.zeros_like(token_depth)),
-                          render.coverage)
-
-    def _write(self, latent: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, cam_to_world: np.ndarray,
-               new: torch.Tensor) -> None:
-        if self.memory_kind == "none" or not bool(new.any()):
-            return
-        if self.memory_kind == "latent":
-            self.memory.write(latent, depth, self.K, cam_to_world, valid=new)
-        else:
-            self.memory.write(rgb, depth, self.K, cam_to_world, valid=new)

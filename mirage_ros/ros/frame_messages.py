@@ -4,6 +4,7 @@ alike (so a recorded rollout holds exactly what the node publishes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
@@ -34,6 +35,15 @@ class OutputConfig:
     optical_frame: str = "camera_optical_frame"
     scan: ScanConfig | None = ScanConfig()   # None: no LaserScan
     depth_points: bool = True                # camera-frame PointCloud2 of the depth image
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any]) -> "OutputConfig":
+        """What each step publishes, from the node's parameters."""
+        scan = ScanConfig(min_height=params["scan_min_height"], max_height=params["scan_max_height"],
+                          range_min=params["scan_range_min"], range_max=params["scan_range_max"],
+                          angle_increment=params["scan_angle_increment"]) if params["publish_scan"] else None
+        return cls(odom_frame=params["odom_frame"], base_frame=params["base_frame"],
+                   optical_frame=params["optical_frame"], scan=scan, depth_points=params["publish_depth_points"])
 
 
 def frame_messages(frame: SimFrame, stamp: Time, camera: PinholeCamera, mount: CameraMount,

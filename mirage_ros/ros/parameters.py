@@ -106,3 +106,12 @@ def parameters_from_yaml(path: str | Path, node_name: str, specs: Sequence[Param
     if errors or wrong_type:
         raise ValueError("invalid parameters: " + "; ".join(errors + wrong_type))
     return values
+
+
+def default_config() -> Path:
+    """``config/sim.yaml`` of the source tree (development install) or of the installed share dir."""
+    source_tree = Path(__file__).resolve().parents[2] / "config" / "sim.yaml"
+    if source_tree.exists():
+        return source_tree
+    from ament_index_python.packages import get_package_share_directory
+    return Path(get_package_share_directory("mirage_ros")) / "config" / "sim.yaml"

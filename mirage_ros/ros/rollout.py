@@ -38,11 +38,11 @@ from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import PlanarPose
 from mirage_ros.ros.bag import BagWriter, tf_message_cdr, typestore_with_package_types
 from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, time_msg
-from mirage_ros.ros.frame_messages import STEP_TOPICS, frame_messages
-from mirage_ros.ros.parameters import parameters_from_yaml
-from mirage_ros.ros.run import TOUR, default_config
-from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS, build_simulator, output_config
-from mirage_ros.simulator import StartSpec
+from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
+from mirage_ros.ros.parameters import default_config, parameters_from_yaml
+from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
+from mirage_ros.simulator import StartSpec, build_simulator
+from mirage_ros.tour import tour_rows
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
 
@@ -151,16 +151,12 @@ def first_observation(path: Path, prefix: str = "") -> tuple[np.ndarray, np.ndar
 
 
 def tour_schedule(duration: float) -> Schedule:
-    rows, t = [], 0.0
-    while t < duration:
-        for seconds, forward, yaw_rate in TOUR:
-            rows.append((t, forward, 0.0, yaw_rate))
-            t += seconds
-    table = np.array(rows)
+    """The scripted tour (``mirage_ros.tour``) as commands for ``duration`` seconds."""
+    table = tour_rows(duration)
     return Schedule(table[:, 0], table[:, 1:], "commands")
 
 
-def rollout(params: dict, schedule: Schedule, steps: int, output: Path, start: StartSpec | None = None,
+def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, start: StartSpec | None = None,
             initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True) -> Path:
     """Run one rollout into the bag ``output``; returns its path."""
     simulator = build_simulator(params)
@@ -170,7 +166,7 @@ def rollout(params: dict, schedule: Schedule, steps: int, output: Path, start: S
         simulator.initial_pose = initial_pose
     simulator.reset()
     dt = 1.0 / params["rate"]
-    output_settings = output_config(params)
+    output_settings = OutputConfig.from_parameters(params)
     preview_frames = []
     with BagWriter(output) as bag:
         for topic, kind in STEP_TOPICS.items():
@@ -252,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for index, output in enumerate(outputs):
             run_params = dict(params, world_seed=params["world_seed"] + index)
-            rollout(run_params, schedule, steps, output, start, initial_pose,
+            rollout_to_bag(run_params, schedule, steps, output, start, initial_pose,
                     output.with_suffix(".png") if args.preview else None)
         elapsed = time.perf_counter() - started
         print(f"{len(outputs)} rollout(s) of {steps} steps ({steps / params['rate']:.1f} s sim) in {elapsed:.1f} s: "

@@ -28,20 +28,10 @@ from rclpy.node import Node
 
 from mirage_ros.geometry import yaw_of
 from mirage_ros.ros.conversions import image_to_array, pose_to_matrix, seconds_of
+from mirage_ros.ros.parameters import default_config
 from mirage_ros.ros.sim_node import SimNode
+from mirage_ros.tour import tour_command
 from mirage_ros.worlds.contact_sheet import contact_sheet
-
-#: (seconds, forward m/s, yaw rate rad/s) segments of the demo tour, repeated.
-TOUR = ((3.0, 0.5, 0.0), (1.5, 0.0, 1.05), (2.0, 0.4, 0.3), (1.0, 0.0, -0.8), (3.0, 0.5, 0.0), (2.0, 0.0, 1.57))
-
-
-def default_config() -> Path:
-    """``config/sim.yaml`` of the source tree (development install) or of the installed share dir."""
-    source_tree = Path(__file__).resolve().parents[2] / "config" / "sim.yaml"
-    if source_tree.exists():
-        return source_tree
-    from ament_index_python.packages import get_package_share_directory
-    return Path(get_package_share_directory("mirage_ros")) / "config" / "sim.yaml"
 
 
 class TourDriver(Node):
@@ -54,11 +44,7 @@ class TourDriver(Node):
         self.create_timer(0.05, self._publish)
 
     def _publish(self) -> None:
-        elapsed = (time.monotonic() - self.started) % sum(segment[0] for segment in TOUR)
-        for duration, forward, yaw_rate in TOUR:
-            if elapsed < duration:
-                break
-            elapsed -= duration
+        forward, yaw_rate = tour_command(time.monotonic() - self.started)
         msg = Twist()
         msg.linear.x, msg.angular.z = forward, yaw_rate
         self.publisher.publish(msg)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,16 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
-from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
-from mirage_ros.kinematics import DRIVES, BaseLimits, PlanarBase, PlanarPose
-from mirage_ros.model.world_model import MEMORY_KINDS, PRECISIONS, WorldModel
+from mirage_ros.kinematics import DRIVES, PlanarBase
+from mirage_ros.model.world_model import MEMORY_KINDS, PRECISIONS
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
                                         time_msg, transform_stamped_msg, twist_from_msg)
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.spin import run_node
-from mirage_ros.sensors import ScanConfig
-from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec
+from mirage_ros.simulator import CollisionConfig, base_limits, build_simulator
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
@@ -42,10 +39,6 @@ WARN_THROTTLE_S = 2.0
 #: Smoothing of the real-time-factor estimate (weight of the newest step).
 RTF_SMOOTHING = 0.1
 MAX_STEP_FRAMES = 1000
-
-LIMIT_PARAMETERS = ("max_linear_velocity", "max_angular_velocity",
-                    "max_linear_acceleration", "max_angular_acceleration")
-
 
 def _nine_values(value: Any) -> str | None:
     return None if len(value) == 9 else "start_k needs 9 values (row-major K; all zeros: unset)"
@@ -122,35 +115,6 @@ PARAMETERS = [
 ]
 
 
-def base_limits(params: dict[str, Any]) -> BaseLimits:
-    return BaseLimits(*(params[name] for name in LIMIT_PARAMETERS))
-
-
-def build_simulator(params: dict[str, Any]) -> Simulator:
-    """The simulator the node runs, from its (validated) parameters; also used by offline rollouts."""
-    mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
-    model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
-                                       device=params["device"], seed=params["seed"],
-                                       precision=params["precision"])
-    # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
-    model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
-    height, width = model.image_size
-    camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
-    base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
-    start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
-                      K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
-    return Simulator(model, camera, mount, base, start, PlanarPose(*params["initial_pose"]),
-                     CollisionConfig(radius=params["collision_radius"]))
-
-
-def output_config(params: dict[str, Any]) -> OutputConfig:
-    """What each step publishes, from the node's parameters."""
-    scan = ScanConfig(params["scan_min_height"], params["scan_max_height"], params["scan_range_min"],
-                      params["scan_range_max"], params["scan_angle_increment"]) if params["publish_scan"] else None
-    return OutputConfig(params["odom_frame"], params["base_frame"], params["optical_frame"], scan,
-                        params["publish_depth_points"])
-
-
 class SimNode(Node):
     """Fixed-rate learned camera simulator; see the module docstring."""
 
@@ -162,9 +126,9 @@ class SimNode(Node):
         self.simulator = build_simulator(params)
         self.simulator.reset()
         self.camera, self.mount = self.simulator.camera, self.simulator.mount
-        height, width = self.simulator.model.image_size
+        height, width = self.camera.height, self.camera.width
         start = self.simulator.start
-        self.output = output_config(params)
+        self.output = OutputConfig.from_parameters(params)
         self.steps = 0
         self.sim_time = 0.0
         self.paused = False
@@ -230,7 +194,7 @@ class SimNode(Node):
             self.params[parameter.name] = parameter.value
         self.base.limits = base_limits(self.params)
         self.base.command_timeout = self.params["command_timeout"]
-        self.simulator.collision = CollisionConfig(radius=self.params["collision_radius"])
+        self.simulator.collision = CollisionConfig.from_parameters(self.params)
 
     def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
         try:
@@ -285,17 +249,16 @@ class SimNode(Node):
 
     def _on_save_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
         try:
-            self.simulator.model.save_memory(Path(request.path))
+            saved = self.simulator.save_memory(Path(request.path))
         except (ValueError, OSError) as error:
             response.success, response.message = False, f"save failed: {error}"
             return response
-        response.success, response.message = True, f"saved {self.simulator.model.memory_stats()[0]} tokens"
+        response.success, response.message = True, f"saved {saved.entries} tokens"
         return response
 
     def _on_load_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
         try:
-            coverage = self.simulator.model.start_from_memory(
-                Path(request.path), self.camera.K, self.mount.camera_to_world(self.base.pose.matrix()))
+            coverage = self.simulator.load_memory(Path(request.path))
         except (ValueError, OSError) as error:
             response.success, response.message = False, f"load failed: {error}"
             return response
@@ -334,7 +297,7 @@ class SimNode(Node):
                 transform_stamped_msg(frame.pose.matrix(), stamp, p["odom_frame"], p["base_frame"]))
         if p["memory_cloud_period"] > 0 and now - self._last_cloud_time >= p["memory_cloud_period"]:
             self._last_cloud_time = now
-            points, colors = self.simulator.model.memory_points()
+            points, colors = self.simulator.memory_cloud()
             self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, p["odom_frame"]))
         self._publish_status(stamp, now, frame.result.coverage, frame.in_contact, time.perf_counter() - started)
 
@@ -344,8 +307,9 @@ class SimNode(Node):
             instant = self.period / (wall - self._last_step_wall)
             self._real_time_factor += RTF_SMOOTHING * (instant - self._real_time_factor)
         self._last_step_wall = wall
-        tokens, size = self.simulator.model.memory_stats()
-        status = SimStatus(steps=self.steps, memory_tokens=tokens, memory_bytes=size, view_coverage=float(coverage),
+        memory = self.simulator.memory_stats()
+        status = SimStatus(steps=self.steps, memory_tokens=memory.entries, memory_bytes=memory.bytes,
+                           view_coverage=float(coverage),
                            step_latency=float(latency), real_time_factor=float(self._real_time_factor),
                            paused=self.paused, command_stale=self.base.command_is_stale(now), in_contact=in_contact)
         status.header.stamp, status.header.frame_id = stamp, self.params["odom_frame"]
