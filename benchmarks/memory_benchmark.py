@@ -72,9 +72,9 @@ def main() -> int:
             rows["latent_read"].append(t)
             render, t = timed(explicit_memory.read, next_pose, camera.K, (128, 128))
             rows["explicit_read"].append(t)
-            _, t = timed(autoencoder.encode, render.latent[None], render.depth[None])
+            _, t = timed(autoencoder.encode, render.rgb[None], render.depth[None])
             rows["encode"].append(t)
-            sizes.append((latent_memory.stats().bytes, explicit_memory.bytes))
+            sizes.append((latent_memory.stats().bytes, explicit_memory.stats().bytes))
             if (step + 1) % args.every == 0 or step == args.steps - 1:
                 recent = {k: 1000 * float(np.median(v[-args.every:])) for k, v in rows.items()}
                 lat, exp = sizes[-1]
@@ -83,18 +83,17 @@ def main() -> int:
                       f"{recent['explicit_read']:>12.2f} {recent['encode']:>14.2f}")
 
     # Read time with 100k stored tokens: fill a fresh memory with random surface tokens.
-    big = LatentSpatialMemory(LatentMemoryConfig(capacity=200_000))
     generator = torch.Generator().manual_seed(0)
     count = 100_000
     points = torch.rand(count, 3, generator=generator) * torch.tensor([20.0, 20.0, 2.5])
     keys = torch.arange(count, dtype=torch.long)  # distinct voxels
-    big.channels = 8
-    big._set_state({"keys": keys, "positions": points, "normals": torch.nn.functional.normalize(
-                        torch.randn(count, 3, generator=generator), dim=1).half(),
-                    "features": torch.randn(count, 8, generator=generator).half(),
-                    "view_depths": torch.full((count,), 2.0, dtype=torch.float16),
-                    "weights": torch.ones(count), "extents": torch.full((count,), 0.1),
-                    "last_seen": torch.zeros(count, dtype=torch.long)})
+    big = LatentSpatialMemory.from_tensors(
+        {"keys": keys, "positions": points,
+         "normals": torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=1).half(),
+         "features": torch.randn(count, 8, generator=generator).half(),
+         "view_depths": torch.full((count,), 2.0, dtype=torch.float16),
+         "weights": torch.ones(count), "extents": torch.full((count,), 0.1),
+         "last_seen": torch.zeros(count, dtype=torch.long)}, LatentMemoryConfig(capacity=200_000))
     view = trajectory.cam_to_world[0].copy()
     view[:3, 3] = (10.0, 10.0, 1.0)
     read_times = [timed(big.read, view, camera.K, (16, 16))[1] for _ in range(60)][10:]

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mirage_ros.ros.parameters import parameters_from_yaml
+from mirage_ros.ros.parameters import default_config, parameters_from_yaml
 from mirage_ros.ros.rollout import rollout, tour_schedule
-from mirage_ros.ros.parameters import default_config
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 
 

@@ -28,10 +28,10 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 30))
 from geometry_msgs.msg import Twist  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
+from ros_harness import ros_client  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from mirage_ros.ros.conversions import seconds_of  # noqa: E402
-from ros_harness import ros_client  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -87,8 +87,9 @@ def main() -> int:
                 go = Twist()
                 go.angular.z = 1.0
                 cmd_vel.publish(go)
-                moved = lambda: any(odometry.get(stamp) is not None and abs(odometry[stamp].twist.twist.angular.z) > 0
-                                    for wall, stamp in arrivals if wall >= sent)
+                moved = lambda sent=sent: any(odometry.get(stamp) is not None
+                                              and abs(odometry[stamp].twist.twist.angular.z) > 0
+                                              for wall, stamp in arrivals if wall >= sent)
                 client.spin_until(moved, timeout=10, what="an image from the moved pose")
                 wall = min(w for w, stamp in arrivals if w >= sent and odometry.get(stamp) is not None
                            and abs(odometry[stamp].twist.twist.angular.z) > 0)

@@ -8,12 +8,13 @@ The simulator owns /clock by default (config/sim.yaml: publish_clock), so everyt
 on sim time, and so should your planners (use_sim_time:=true).
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

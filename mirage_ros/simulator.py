@@ -111,7 +111,7 @@ class Simulator:
         if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
             raise ValueError(f"camera is {self.camera.width}x{self.camera.height} but the model generates "
                              f"{self.model.image_size[1]}x{self.model.image_size[0]} images")
-        self.start.kind  # validates the start specification
+        _ = self.start.kind  # validates the start specification
 
     def reset(self, world_seed: int | None = None) -> None:
         """Back to the initial pose with a fresh memory built from the start (``world_seed`` overrides it)."""

@@ -42,18 +42,22 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    """A small random world model checkpoint (64x64 images): fast node tests that need no trained model."""
+def make_tiny_world_model(memory: str = "latent", seed: int = 0):
+    """The one tiny random world model of the tests (64x64 images, 4 latent channels, 2 sampling steps):
+    fast to run, identical every time it is built."""
     import torch
 
-    from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder
-    from mirage_ros.model.world_model import SamplingConfig, WorldModel
+    from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, SamplingConfig, WorldModel
 
     torch.manual_seed(0)
-    model = WorldModel(RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)),
-                       MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32)),
-                       (64, 64), sampling=SamplingConfig(num_inference_steps=2))
+    return WorldModel(RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)),
+                      MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32)),
+                      (64, 64), memory=memory, sampling=SamplingConfig(num_inference_steps=2), seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny world model saved as a checkpoint directory: fast node tests that need no trained model."""
     path = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    model.save_pretrained(path)
+    make_tiny_world_model().save_pretrained(path)
     return path

@@ -6,11 +6,21 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 import rclpy
+from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from mirage_ros.msg import SimStatus
+
+#: Step rate and linear acceleration limit of the simulator the node tests start.
+RATE, ACCEL = 20.0, 2.0
 
 
 class RosTestClient:
@@ -66,3 +76,30 @@ def node_process(module: str, *ros_args: str) -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def node_args(checkpoint: Path, *extra: str) -> tuple[str, ...]:
+    """``--ros-args`` of the test simulator: ``RATE`` Hz, own clock, the given checkpoint."""
+    return ("-p", f"rate:={RATE}", "-p", "publish_clock:=true", "-p", "command_timeout:=5.0",
+            "-p", f"max_linear_acceleration:={ACCEL}", "-p", "horizontal_fov:=1.2",
+            "-p", f"model_path:={checkpoint}", "-p", "memory_cloud_period:=0.5", *extra)
+
+
+class Recorder:
+    """Everything the simulator publishes, as received by another process."""
+
+    TOPICS = {"odometry": (Odometry, "/odom"), "images": (Image, "/camera/image_raw"),
+              "depths": (Image, "/camera/depth/image_raw"), "infos": (CameraInfo, "/camera/camera_info"),
+              "depth_infos": (CameraInfo, "/camera/depth/camera_info"), "clocks": (Clock, "/clock"),
+              "statuses": (SimStatus, "/mirage_sim/status"), "clouds": (PointCloud2, "/mirage_sim/memory_cloud")}
+
+    def __init__(self, client: RosTestClient) -> None:
+        for name, (kind, topic) in self.TOPICS.items():
+            setattr(self, name, [])
+            client.node.create_subscription(kind, topic, getattr(self, name).append, QoSProfile(depth=500))
+
+
+def wait_until_running(client: RosTestClient, recorder: Recorder, *publishers) -> None:
+    """Until every publisher is matched by the simulator and it has published images."""
+    client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers) and len(recorder.images) > 1,
+                      timeout=90, what="mirage_sim to start publishing")

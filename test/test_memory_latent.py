@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from scenes import box_depth, look_at
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from scenes import box_depth, look_at
 
 CAMERA = PinholeCamera.from_hfov(128, 128, math.pi / 2)
 ROOM = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
@@ -89,8 +89,10 @@ def test_a_surface_seen_from_behind_is_not_shown_through_the_object():
     on_front_face = (np.abs(points[:, 0] - 1.5) < 0.05) & (np.abs(points[:, 1]) < 0.45) & (points[:, 2] < 1.15)
     assert len(points) > 50 and not on_front_face.any()
     # Without the normal test the same memory would show it (the check above can fail).
-    memory.normals = -memory.normals
-    assert ((np.abs(shown_points(memory.read(behind, CAMERA.K, (16, 16)), behind)[:, 0] - 1.5) < 0.05)).any()
+    tokens = memory.tensors()
+    tokens["normals"] = -tokens["normals"]
+    flipped = LatentSpatialMemory.from_tensors(tokens, EXACT)
+    assert ((np.abs(shown_points(flipped.read(behind, CAMERA.K, (16, 16)), behind)[:, 0] - 1.5) < 0.05)).any()
 
 
 def shown_points(read, pose: np.ndarray) -> np.ndarray:
@@ -154,7 +156,7 @@ def test_fusion_keeps_the_token_count_when_a_view_is_written_again():
         memory.write(latent(), depth, CAMERA.K, A)
     once = LatentSpatialMemory()
     once.write(latent(), depth_at(A), CAMERA.K, A)
-    assert memory.stats().tokens == once.stats().tokens
+    assert memory.stats().entries == once.stats().entries
     assert memory.stats().observations == 100 * once.stats().observations
 
 
@@ -178,7 +180,7 @@ def test_capacity_evicts_least_recently_seen():
     memory = LatentSpatialMemory(LatentMemoryConfig(capacity=300))
     memory.write(latent(1), depth_at(A), CAMERA.K, A)
     memory.write(latent(2), depth_at(B), CAMERA.K, B)
-    assert memory.stats().tokens == 300
+    assert memory.stats().entries == 300
     # The most recent view is fully kept.
     assert memory.read(B, CAMERA.K, (16, 16)).coverage_fraction > 0.9
 

@@ -6,24 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_world_model as tiny_model
+from scenes import box_depth, look_at
 
 from mirage_ros.camera import PinholeCamera
-from mirage_ros.model import DEFAULT_CHECKPOINT, MemoryConditionedDenoiser, RGBDAutoencoder, load_component
-from mirage_ros.model.world_model import MEMORY_KINDS, SamplingConfig, WorldModel
-from scenes import box_depth, look_at
+from mirage_ros.model import DEFAULT_CHECKPOINT, RGBDAutoencoder, SamplingConfig, WorldModel, load_component
+from mirage_ros.model.world_model import MEMORY_KINDS
 
 CAMERA = PinholeCamera.from_hfov(64, 64, math.pi / 2)
 ROOM = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
 BOX = ((1.5, -0.5, 0.0), (2.5, 0.5, 1.2))
 START = look_at((-2.0, 0.0, 1.0), (5.0, 0.0, 1.0))
-
-
-def tiny_model(memory: str = "latent", seed: int = 0) -> WorldModel:
-    torch.manual_seed(0)
-    autoencoder = RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16))
-    denoiser = MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32))
-    return WorldModel(autoencoder, denoiser, (64, 64), memory=memory, sampling=SamplingConfig(num_inference_steps=2),
-                      seed=seed)
 
 
 def observation() -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +68,9 @@ def test_remembered_view_is_kept_verbatim_or_redrawn():
     for model in (kept, redrawn):
         model.reset(*observation(), CAMERA.K, START)
 
-    def no_denoising(*args, **kwargs):
-        raise AssertionError("a fully remembered view must not be denoised")
-
-    kept.denoiser.forward = no_denoising
     result = kept.step(START)
     assert result.coverage == 1.0
+    assert result.denoiser_calls == 0  # a fully remembered view is not denoised
     rgb, depth = observation()
     with torch.inference_mode():
         latent = kept.autoencoder.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0,
@@ -155,9 +145,9 @@ def test_shipped_checkpoint_generates_a_frame():
 @pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
 def test_bfloat16_precision_matches_float32():
     """bfloat16 arithmetic (the speed option) changes the generated frames by no more than rounding noise."""
+    from mirage_ros.training.metrics import psnr
     from mirage_ros.worlds import generate_world
     from mirage_ros.worlds.renderer import GroundTruthRenderer
-    from mirage_ros.training.metrics import psnr
 
     camera = PinholeCamera.from_hfov(128, 128, math.pi / 2)
     start = look_at((1.0, 1.0, 0.5), (3.0, 2.0, 0.4))
@@ -187,3 +177,41 @@ def test_shipped_autoencoder_keeps_flat_colours_and_depths(color):
     mean = out_rgb.float().mean((0, 2, 3)) * 255
     assert torch.all((mean - torch.tensor(color, dtype=torch.float32)).abs() < 25), mean
     assert abs(float(out_depth.float().median()) - 3.0) < 0.2
+
+
+#: Outputs of the shipped checkpoint (float32, seed 0) in held-out world 10 along the first frames of its
+#: "explore" trajectory, at pixels (row, column) ``GOLDEN_PIXELS``: recorded before the public-API
+#: refactor, so any accidental change of behaviour fails here. A retrained model changes them: record
+#: them anew from the values this test reads.
+GOLDEN_PIXELS = ((8, 8), (40, 100), (64, 64), (100, 20), (120, 120))
+GOLDEN = {
+    1: {"coverage": 1.0, "rgb": [[115, 83, 44], [102, 75, 43], [39, 29, 50], [33, 35, 48], [34, 36, 49]],
+        "depth": [1.4354, 2.1891, 2.2839, 0.7493, 0.5111]},
+    4: {"coverage": 0.9140625, "rgb": [[72, 60, 36], [110, 79, 38], [42, 28, 39], [33, 35, 49], [39, 33, 51]],
+        "depth": [1.3646, 2.604, 2.4613, 0.7493, 0.4297]},
+    7: {"coverage": 0.84765625, "rgb": [[61, 53, 45], [30, 31, 40], [109, 81, 44], [32, 36, 48], [41, 32, 49]],
+        "depth": [1.9768, 1.6305, 2.5284, 0.7493, 0.3761]},
+}
+
+
+@pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
+def test_shipped_checkpoint_golden_outputs():
+    from mirage_ros.worlds import generate_trajectory, generate_world
+    from mirage_ros.worlds.renderer import GroundTruthRenderer
+
+    world = generate_world(10)
+    trajectory = generate_trajectory(world, "explore", 8, 10)
+    camera = PinholeCamera.from_hfov(128, 128, math.pi / 2)
+    with GroundTruthRenderer(world, 128, 128) as renderer:
+        rgb, depth = renderer.render(trajectory.cam_to_world[0], camera.K)
+    model = WorldModel.from_pretrained(seed=0, precision="float32")
+    model.reset(rgb, depth, camera.K, trajectory.cam_to_world[0])
+    for t in range(1, 8):
+        result = model.step(trajectory.cam_to_world[t])
+        if t in GOLDEN:
+            expected = GOLDEN[t]
+            assert result.coverage == pytest.approx(expected["coverage"], abs=1e-6), t
+            got_rgb = np.array([result.rgb[v, u] for v, u in GOLDEN_PIXELS], dtype=int)
+            assert np.abs(got_rgb - np.array(expected["rgb"])).max() <= 2, (t, got_rgb.tolist())
+            got_depth = np.array([result.depth[v, u] for v, u in GOLDEN_PIXELS])
+            np.testing.assert_allclose(got_depth, expected["depth"], rtol=2e-3, err_msg=f"frame {t}")

@@ -9,14 +9,13 @@ import sys
 import numpy as np
 import pytest
 from geometry_msgs.msg import Twist
+from mcap_check import decode_every_message
 from rclpy.serialization import deserialize_message
+from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
 from rosbags.rosbag2 import Reader
 
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.recorder import DEFAULT_TOPICS, message_class
-from mcap_check import decode_every_message
-from ros_harness import node_process, ros_client
-from test_sim_node import Recorder, node_args, wait_until_running
 
 pytestmark = pytest.mark.ros
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mcap_check import decode_every_message
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image
@@ -15,7 +16,6 @@ from sensor_msgs.msg import Image
 from mirage_ros.ros import rollout
 from mirage_ros.ros.conversions import image_to_array
 from mirage_ros.training.metrics import psnr
-from mcap_check import decode_every_message
 
 
 def read_bag(path: Path) -> list[tuple[str, int, bytes]]:

@@ -2,10 +2,10 @@ import math
 
 import numpy as np
 import pytest
+from scenes import box_depth
 
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.sensors import ScanConfig, depth_to_points, depth_to_scan
-from scenes import box_depth
 
 
 def test_points_back_project_depth():

@@ -8,50 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist
-from nav_msgs.msg import Odometry
-from rclpy.qos import QoSProfile
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from ros_harness import ACCEL, RATE, Recorder, node_args, node_process, ros_client, wait_until_running
 
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import image_to_array, seconds_of
-from ros_harness import node_process, ros_client
 
 pytestmark = pytest.mark.ros
 
-RATE, SPEED, ACCEL = 20.0, 0.5, 2.0
+SPEED = 0.5
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def node_args(checkpoint: Path, *extra: str) -> tuple[str, ...]:
-    return ("-p", f"rate:={RATE}", "-p", "publish_clock:=true", "-p", "command_timeout:=5.0",
-            "-p", f"max_linear_acceleration:={ACCEL}", "-p", "horizontal_fov:=1.2",
-            "-p", f"model_path:={checkpoint}", "-p", "memory_cloud_period:=0.5", *extra)
 
 
 def straight_line_x(t: float) -> float:
     """Analytic distance after t seconds of a constant SPEED command from rest, ramping at ACCEL."""
     ramp = SPEED / ACCEL
     return ACCEL * t * t / 2 if t <= ramp else SPEED * ramp / 2 + SPEED * (t - ramp)
-
-
-class Recorder:
-    """Everything the simulator publishes, as received by another process."""
-
-    TOPICS = {"odometry": (Odometry, "/odom"), "images": (Image, "/camera/image_raw"),
-              "depths": (Image, "/camera/depth/image_raw"), "infos": (CameraInfo, "/camera/camera_info"),
-              "depth_infos": (CameraInfo, "/camera/depth/camera_info"), "clocks": (Clock, "/clock"),
-              "statuses": (SimStatus, "/mirage_sim/status"), "clouds": (PointCloud2, "/mirage_sim/memory_cloud")}
-
-    def __init__(self, client) -> None:
-        for name, (kind, topic) in self.TOPICS.items():
-            setattr(self, name, [])
-            client.node.create_subscription(kind, topic, getattr(self, name).append, QoSProfile(depth=500))
-
-
-def wait_until_running(client, recorder, *publishers) -> None:
-    client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers) and len(recorder.images) > 1,
-                      timeout=90, what="mirage_sim to start publishing")
 
 
 def test_cmd_vel_drives_odometry_and_every_step_publishes_one_consistent_frame(tiny_checkpoint):

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 from geometry_msgs.msg import Twist
+from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
 from std_srvs.srv import Trigger
 
 from mirage_ros.model import DEFAULT_CHECKPOINT
 from mirage_ros.ros.conversions import image_to_array
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 from mirage_ros.training.metrics import psnr
-from ros_harness import node_process, ros_client
-from test_sim_node import Recorder, node_args, wait_until_running
 
 pytestmark = pytest.mark.ros
 

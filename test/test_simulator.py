@@ -4,12 +4,12 @@ import math
 
 import numpy as np
 import pytest
+from scenes import box_depth
 
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.kinematics import BaseLimits, PlanarBase
 from mirage_ros.model.world_model import WorldModel
 from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec, load_observation
-from scenes import box_depth
 
 CAMERA = PinholeCamera.from_hfov(64, 64, math.pi / 2)
 MOUNT = CameraMount((0.0, 0.0, 0.5), (0.0, 0.0, 0.0))
@@ -22,19 +22,32 @@ def wall_start() -> StartSpec:
     return StartSpec(rgb=rgb, depth=depth, K=tuple(CAMERA.K.reshape(-1)))
 
 
-def simulator(tiny_checkpoint, radius: float, monkeypatch) -> Simulator:
+class ReadOnlyMemory:
+    """A memory that keeps what it holds and ignores every later write (any ``SpatialMemory`` will do
+    for the world model): the untrained test model would write random geometry back."""
+
+    def __init__(self, memory) -> None:
+        self.inner = memory
+
+    def write_frame(self, frame, valid) -> int:
+        return 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def simulator(tiny_checkpoint, radius: float) -> Simulator:
     model = WorldModel.from_pretrained(tiny_checkpoint)
     base = PlanarBase("diff_drive", BaseLimits(max_linear_velocity=1.0, max_linear_acceleration=10.0),
                       command_timeout=10.0)
     sim = Simulator(model, CAMERA, MOUNT, base, wall_start(), collision=CollisionConfig(radius=radius))
     sim.reset()
-    # The untrained test model would write random geometry back; keep only the remembered wall.
-    monkeypatch.setattr(model, "_write", lambda *args, **kwargs: None)
+    model.memory = ReadOnlyMemory(model.memory)  # keep only the remembered wall
     return sim
 
 
-def test_driving_at_a_remembered_wall_stops_short_by_the_footprint_radius(tiny_checkpoint, monkeypatch):
-    sim = simulator(tiny_checkpoint, radius=0.4, monkeypatch=monkeypatch)
+def test_driving_at_a_remembered_wall_stops_short_by_the_footprint_radius(tiny_checkpoint):
+    sim = simulator(tiny_checkpoint, radius=0.4)
     contact = False
     for k in range(60):
         sim.base.command(0.5, 0.0, 0.0, stamp=k * 0.1)
@@ -49,8 +62,8 @@ def test_driving_at_a_remembered_wall_stops_short_by_the_footprint_radius(tiny_c
     assert not frame.in_contact and frame.pose.x < 2.0 - gap
 
 
-def test_without_collision_checking_the_robot_drives_through(tiny_checkpoint, monkeypatch):
-    sim = simulator(tiny_checkpoint, radius=0.0, monkeypatch=monkeypatch)
+def test_without_collision_checking_the_robot_drives_through(tiny_checkpoint):
+    sim = simulator(tiny_checkpoint, radius=0.0)
     for k in range(60):
         sim.base.command(0.5, 0.0, 0.0, stamp=k * 0.1)
         frame = sim.step(0.1, (k + 1) * 0.1)

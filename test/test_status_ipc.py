@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ros_harness import ros_client
 
 from mirage_ros.msg import SimStatus
-from ros_harness import ros_client
 
 pytestmark = pytest.mark.ros
 

@@ -11,8 +11,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from mirage_ros.camera import CameraMount, PinholeCamera
-from mirage_ros.ros.conversions import (camera_info_msg, depth_image_msg, odometry_msg, point_cloud_msg,
-                                        rgb_image_msg)
+from mirage_ros.ros.conversions import camera_info_msg, depth_image_msg, odometry_msg, point_cloud_msg, rgb_image_msg
 from mirage_ros.sensors import ScanConfig, depth_to_points, depth_to_scan
 from mirage_ros.simulator import SimFrame
 

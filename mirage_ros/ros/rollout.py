@@ -27,10 +27,10 @@ from typing import Iterator
 
 import numpy as np
 from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader
 from rosgraph_msgs.msg import Clock
-from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 from tqdm import tqdm
 

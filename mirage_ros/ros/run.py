@@ -13,18 +13,17 @@ import argparse
 import csv
 import math
 import time
-from pathlib import Path
-
 from collections import deque
+from pathlib import Path
 
 import rclpy
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from PIL import Image as PILImage
 from PIL import ImageDraw
-from sensor_msgs.msg import Image
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 
 from mirage_ros.geometry import yaw_of
 from mirage_ros.ros.conversions import image_to_array, pose_to_matrix, seconds_of

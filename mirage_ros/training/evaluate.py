@@ -43,10 +43,10 @@ COVERED_FRAME = 0.9
 OBSERVED_SHARE = 0.3
 VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "explicit", "none")
 #: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
-VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": 2.0}, "latent_redraw": {"keep_remembered": False}}
+VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": None}, "latent_redraw": {"keep_remembered": False}}
 
 
-def rollout(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
+def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
     model.reset(rgb[0], depth[0], K, poses[0])
     frames, depths, coverage, timings = [rgb[0]], [depth[0]], [1.0], []
     for pose in poses[1:]:
@@ -87,8 +87,8 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             memory = "latent" if variant.startswith("latent") else variant
             sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
             model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
-                               device=device, seed=seed, precision=precision)
-            out = rollout(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
+                               memory_config=base.memory_config, device=device, seed=seed, precision=precision)
+            out = generate_along(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
             record = results[variant]
             for back in range(half + 1, frames):
                 there = 2 * half - back  # the outgoing frame at the identical pose

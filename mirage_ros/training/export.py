@@ -6,10 +6,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, load_component
-from mirage_ros.model.world_model import SamplingConfig, WorldModel
+from mirage_ros.memory import LatentMemoryConfig
+from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, SamplingConfig, WorldModel, load_component
+from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
+
+
+def training_memory_config(denoiser: Path) -> LatentMemoryConfig | None:
+    """The memory settings the denoiser run at ``denoiser`` (its checkpoint or run folder) trained with."""
+    for folder in (denoiser, denoiser.parent):
+        if (folder / MEMORY_SETTINGS).is_file():
+            try:
+                return LatentMemoryConfig(**json.loads((folder / MEMORY_SETTINGS).read_text()))
+            except (json.JSONDecodeError, TypeError, ValueError) as error:
+                raise ValueError(f"{folder / MEMORY_SETTINGS}: unreadable memory settings ({error})") from error
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-remembered", action=argparse.BooleanOptionalAction, default=True,
                         help="keep remembered tokens verbatim (default) or let the denoiser redraw them")
     args = parser.parse_args(argv)
+    memory_config = training_memory_config(args.denoiser)
+    if memory_config is None:
+        print(f"note: no {MEMORY_SETTINGS} beside {args.denoiser}; the default memory settings are exported")
     model = WorldModel(load_component(RGBDAutoencoder, args.autoencoder),
                        load_component(MemoryConditionedDenoiser, args.denoiser), tuple(args.image_size),
+                       memory_config=memory_config,
                        sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered))
     model.save_pretrained(args.output)
     size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())

@@ -1,9 +1,9 @@
 """Training examples for the denoiser, built the way inference meets them.
 
 For a target frame ``j`` of a sequence, a latent spatial memory is filled from earlier frames of the
-same sequence, written the way ``WorldModel`` writes: the first frame whole, later frames only where
-the memory did not already cover them, with the decoder's own depth and noise-augmented latents (the
-model's outputs are never exact). Recent frames give partial coverage, far earlier frames give
+same sequence with the same rule ``WorldModel`` writes by (``memory.write_back``: the first frame
+whole, later frames only where the memory did not already cover them), with noise-augmented latents
+(the model's outputs are never exact). Recent frames give partial coverage, far earlier frames give
 revisits (the trajectories loop), and some examples get no memory at all (zero coverage). The memory
 is then read at frame ``j``'s camera, which is the conditioning; the target is frame ``j``'s latent.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
+from mirage_ros.memory import Frame, LatentMemoryConfig, LatentSpatialMemory, write_back
 from mirage_ros.model.world_model import motion_features
 
 
@@ -66,25 +66,21 @@ class MemoryConditionedSamples(Dataset):
             return latent + noise_std * torch.randn(latent.shape, generator=generator)
 
         channels, h, w = latents.shape[1:]
-        memory_latent, coverage, memory_depth = torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool), torch.zeros(h, w)
+        memory_latent, coverage = torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool)
+        memory_depth = torch.zeros(h, w)
         if rng.random() >= self.config.no_memory_probability:
             recent = list(range(max(0, j - int(rng.integers(1, self.config.max_recent + 1))), j))
             earlier = list(range(0, recent[0]))
             far = list(rng.choice(earlier, size=min(len(earlier), int(rng.integers(0, self.config.max_far + 1))),
                                   replace=False)) if earlier else []
             memory = LatentSpatialMemory(self.memory_config)
-            patch = self.memory_config.patch_size
+            image_hw = tuple(depths.shape[1:])
             for frame in sorted(int(f) for f in far + recent):
-                valid = None
-                if memory.stats().tokens:
-                    covered = memory.read(poses[frame], K, (h, w)).coverage
-                    valid = ~covered.repeat_interleave(patch, 0).repeat_interleave(patch, 1)
-                    if not bool(valid.any()):
-                        continue
-                memory.write(noisy(latents[frame]), depths[frame], K, poses[frame], valid=valid)
-            read = memory.read(poses[j], K, (h, w))
-            memory_latent, coverage = read.latent.float(), read.coverage
-            memory_depth = torch.nan_to_num(read.depth) * coverage
+                view = (memory.read_view(poses[frame], K, image_hw, surface_depth=False)
+                        if memory.stats().entries else None)
+                write_back(memory, Frame(None, depths[frame], noisy(latents[frame]), K, poses[frame]), view)
+            view = memory.read_view(poses[j], K, image_hw, surface_depth=False)
+            memory_latent, coverage, memory_depth = view.latent, view.coverage, view.depth
         return {
             "target": latents[j],
             "memory_latent": memory_latent,

@@ -6,8 +6,9 @@ Loss: L1 on colour and on normalised (log) depth where the depth is valid, L1 on
 gradients (sharp edges, where depth errors concentrate), plus a small KL term. The network is fully
 convolutional, so it trains on random crops (``--crop-size``; 64 px is ~5x cheaper per frame than
 128 px on a CPU) and runs on whole frames. ``--init-from`` starts from another checkpoint's weights
-(fine-tuning); a run directory with a checkpoint always resumes instead. After the last step the latent statistics of a sample of training frames set ``latent_shift`` and
-``scaling_factor`` (unit-variance latents for the denoiser) in the saved config. Rerun to resume.
+(fine-tuning); a run directory with a checkpoint always resumes instead. After the last step the
+latent statistics of a sample of training frames set ``latent_shift`` and ``scaling_factor``
+(unit-variance latents for the denoiser) in the saved config. Rerun to resume.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def random_crops(rgb: torch.Tensor, depth: torch.Tensor, size: int) -> tuple[tor
         return rgb, depth
     tops = torch.randint(0, (height - size) // 8 + 1, (len(depth),)) * 8
     lefts = torch.randint(0, (width - size) // 8 + 1, (len(depth),)) * 8
-    rgb = torch.stack([im[:, t:t + size, l:l + size] for im, t, l in zip(rgb, tops, lefts)])
-    depth = torch.stack([d[t:t + size, l:l + size] for d, t, l in zip(depth, tops, lefts)])
+    rgb = torch.stack([im[:, t:t + size, x:x + size] for im, t, x in zip(rgb, tops, lefts)])
+    depth = torch.stack([d[t:t + size, x:x + size] for d, t, x in zip(depth, tops, lefts)])
     return rgb, depth
 
 

@@ -10,11 +10,14 @@ places them in memory, cached in ``--output/latents.safetensors``); examples are
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
+from functools import partial
 
 import torch
 
 from mirage_ros.memory import LatentMemoryConfig
-from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, load_component
+from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, load_component
 from mirage_ros.training.common import add_common_arguments, train_loop
 from mirage_ros.training.latents import load_or_build_latent_sequences
 from mirage_ros.training.samples import MemoryConditionedSamples, SampleConfig
@@ -30,18 +33,27 @@ def sample_sigmas(batch: int, generator: torch.Generator | None = None) -> torch
     return torch.where(torch.rand(batch, generator=generator) < 0.5, uniform, chosen)
 
 
-def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    target, coverage = batch["target"], batch["coverage"].float()
+#: Where the memory settings of a denoiser run are written; ``mirage-export`` puts them into the
+#: checkpoint's ``world_model.json``, so inference builds memories exactly as training did.
+MEMORY_SETTINGS = "memory.json"
+
+
+def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
+                  autoencoder: RGBDAutoencoder) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error of the clean-latent prediction (x0 target), conditioned as at inference."""
+    target = batch["target"]
+    condition = DenoiserCondition.build(batch["memory_latent"], batch["coverage"], batch["memory_depth"],
+                                        batch["context"], batch["motion"], autoencoder)
+    coverage = condition.coverage
     sigma = sample_sigmas(target.shape[0]).to(target.device)
     # Where memory covers the view, start from the read itself sometimes, as the reuse path does.
     reuse = (torch.rand(target.shape[0], device=target.device) < 0.25)[:, None, None, None]
     mask = coverage.unsqueeze(1)
-    base = torch.where(reuse, mask * batch["memory_latent"] + (1 - mask) * target, target)
+    base = torch.where(reuse, mask * condition.memory_latent + (1 - mask) * target, target)
     noise = torch.randn_like(target)
     s = sigma[:, None, None, None]
     noisy = (1 - s) * base + s * noise
-    depth = torch.where(batch["coverage"], batch["normalized_depth"], torch.zeros_like(batch["normalized_depth"]))
-    prediction = model(noisy, sigma, batch["memory_latent"], coverage, depth, batch["context"], batch["motion"])
+    prediction = condition.predict_clean(model, noisy, sigma)
     error = (prediction.float() - target.float()) ** 2
     covered = (error * mask).sum() / mask.sum().clamp_min(1) / target.shape[1]
     uncovered = (error * (1 - mask)).sum() / (1 - mask).sum().clamp_min(1) / target.shape[1]
@@ -65,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                                                args.decoder_depth)
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
     samples = MemoryConditionedSamples(sequences, memory_config, SampleConfig(), seed=args.seed)
 
     def collate(items: list[dict]) -> dict:
-        batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-        batch["normalized_depth"] = autoencoder.normalize_depth(batch["memory_depth"].clamp_min(1e-3))
-        return batch
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
     loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=collate, persistent_workers=args.workers > 0)
@@ -78,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                       block_out_channels=tuple(args.block_out_channels))
     print(f"denoiser: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(sequences)} training sequences, latent grid {h}x{w}")
-    train_loop(args, model, loader, denoiser_loss, "denoiser")
+    train_loop(args, model, loader, partial(denoiser_loss, autoencoder=autoencoder), "denoiser")
     return 0
 
 

@@ -200,7 +200,7 @@ def _furniture(builder: _Builder, world_size: tuple[float, float], doors: list[t
     rng = builder.rng
     count = int(rng.integers(5, 12))
     placed = 0
-    for attempt in range(200):
+    for _attempt in range(200):
         if placed == count:
             break
         kind = rng.choice(["box", "box", "cylinder", "shelf"])
