@@ -3,16 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from mirage_ros.geometry import (
-    OPTICAL_TO_CAMERA_LINK,
-    invert_transform,
-    matrix_to_quaternion,
-    planar_pose_to_transform,
-    quaternion_to_matrix,
-    transform_from_xyz_rpy,
-    validate_transform,
-    yaw_of,
-)
+from mirage_ros.geometry import (OPTICAL_TO_CAMERA_LINK, invert_transform, matrix_to_quaternion,
+                                 planar_pose_to_transform, quaternion_to_matrix, transform_from_xyz_rpy,
+                                 validate_transform, yaw_of)
 
 
 def test_optical_frame_axes_follow_rep103():

@@ -9,20 +9,9 @@ from sensor_msgs.msg import Image
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.kinematics import BodyTwist, PlanarPose
-from mirage_ros.ros.conversions import (
-    camera_info_msg,
-    check_frame,
-    depth_image_msg,
-    image_to_array,
-    odometry_msg,
-    planar_pose_from_matrix,
-    point_cloud_msg,
-    pose_to_matrix,
-    rgb_image_msg,
-    seconds_of,
-    time_msg,
-    twist_from_msg,
-)
+from mirage_ros.ros.conversions import (camera_info_msg, check_frame, depth_image_msg, image_to_array, odometry_msg,
+                                        planar_pose_from_matrix, point_cloud_msg, pose_to_matrix, rgb_image_msg,
+                                        seconds_of, time_msg, twist_from_msg)
 
 
 def test_time_round_trip():

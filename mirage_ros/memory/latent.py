@@ -30,18 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
-from mirage_ros.memory.projection import (
-    NEAR_PLANE,
-    MemoryRead,
-    depth_tensor,
-    intrinsics_tensor,
-    pixel_rays,
-    planar_depth,
-    pose_tensor,
-    to_pixel_grid,
-    to_world,
-    zbuffer,
-)
+from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, depth_tensor, intrinsics_tensor, pixel_rays,
+                                          planar_depth, pose_tensor, to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 2

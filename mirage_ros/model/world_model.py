@@ -26,16 +26,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
-from mirage_ros.memory import (
-    ExplicitPointCloudMemory,
-    Frame,
-    LatentMemoryConfig,
-    LatentSpatialMemory,
-    MemoryStats,
-    NoMemory,
-    SpatialMemory,
-    write_back,
-)
+from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
+                               NoMemory, SpatialMemory, write_back)
 from mirage_ros.memory.projection import refine_depth_with_planes
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component

@@ -26,15 +26,8 @@ from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import DRIVES, PlanarBase
 from mirage_ros.model.world_model import MEMORY_KINDS, PRECISIONS
 from mirage_ros.msg import SimStatus
-from mirage_ros.ros.conversions import (
-    check_frame,
-    planar_pose_from_matrix,
-    point_cloud_msg,
-    pose_to_matrix,
-    time_msg,
-    transform_stamped_msg,
-    twist_from_msg,
-)
+from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
+                                        time_msg, transform_stamped_msg, twist_from_msg)
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.spin import run_node
