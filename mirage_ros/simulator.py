@@ -72,6 +72,21 @@ def load_observation(rgb_path: str | Path, depth_path: str | Path) -> tuple[np.n
     return rgb, depth
 
 
+#: Metres from the odometry origin (in x and y) that the simulated world spans. Poses beyond it are
+#: refused: the memory's voxel keys span +-52 km, and nothing a robot does in one session goes further.
+WORLD_LIMIT = 1.0e4
+
+
+def within_world(pose: PlanarPose) -> bool:
+    return abs(pose.x) <= WORLD_LIMIT and abs(pose.y) <= WORLD_LIMIT
+
+
+def check_within_world(pose: PlanarPose) -> None:
+    if not within_world(pose):
+        raise ValueError(f"pose x={pose.x:.6g} y={pose.y:.6g} is outside the simulated world "
+                         f"(|x|, |y| <= {WORLD_LIMIT:g} m)")
+
+
 @dataclass(frozen=True)
 class CollisionConfig:
     """The robot footprint (a disc of ``radius`` m; 0 disables checking) and the heights above the
@@ -114,24 +129,35 @@ class Simulator:
         _ = self.start.kind  # validates the start specification
 
     def reset(self, world_seed: int | None = None) -> None:
-        """Back to the initial pose with a fresh memory built from the start (``world_seed`` overrides it)."""
-        if world_seed is not None:
-            self.start = StartSpec(world_seed=world_seed)
-        self.base.reset(self.initial_pose)
+        """Back to the initial pose with a fresh memory built from the start (``world_seed`` overrides it).
+
+        All or nothing: a start that cannot be built (bad seed, unreadable files, corrupt memory)
+        raises ``ValueError`` with the base, the memory and the start specification as they were.
+        """
+        start = self.start if world_seed is None else StartSpec(world_seed=world_seed)
         cam_to_odom = self.mount.camera_to_world(self.initial_pose.matrix())
-        kind = self.start.kind
+        kind = start.kind
         if kind == "memory":
-            self.model.load_memory(self.start.memory_path, self.camera.K, cam_to_odom)
-            return
-        if kind == "observation":
-            rgb, depth = ((self.start.rgb, self.start.depth) if self.start.rgb is not None
-                          else load_observation(self.start.rgb_path, self.start.depth_path))
-            K = (np.asarray(self.start.K, dtype=np.float64).reshape(3, 3) if self.start.K else
-                 PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
-            self.model.reset(rgb, depth, validate_intrinsics(K, "start K"), cam_to_odom)
-            return
-        rgb, depth = render_world_start(self.start.world_seed, self.camera, self.mount)
-        self.model.reset(rgb, depth, self.camera.K, cam_to_odom)
+            self.model.load_memory(start.memory_path, self.camera.K, cam_to_odom)
+        else:
+            if kind == "observation":
+                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
+                              else load_observation(start.rgb_path, start.depth_path))
+                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
+                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
+                K = validate_intrinsics(K, "start K")
+            else:
+                rgb, depth = render_world_start(start.world_seed, self.camera, self.mount)
+                K = self.camera.K
+            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+        self.start = start
+        self.base.reset(self.initial_pose)
+
+    def teleport(self, pose: PlanarPose) -> None:
+        """Put the base at ``pose`` at rest (RViz "2D Pose Estimate"); a pose beyond ``WORLD_LIMIT``
+        raises ``ValueError`` and the base stays where it was."""
+        check_within_world(pose)
+        self.base.reset(pose)
 
     def step(self, dt: float, now: float, pose: PlanarPose | None = None) -> SimFrame:
         """Integrate the base for ``dt`` seconds (or move it to an externally given ``pose``), then
@@ -139,13 +165,19 @@ class Simulator:
 
         With collision checking, motion that brings the footprint closer to a remembered surface than
         its radius is refused (the base stops where it was); moving away from contact is allowed.
+        Driving beyond ``WORLD_LIMIT`` is refused the same way (reported as contact); a given ``pose``
+        beyond it raises ``ValueError``.
         """
         previous = self.base.pose
         if pose is None:
             pose = self.base.step(dt, now)
         else:
+            check_within_world(pose)
             self.base.stop_at(pose)
         contact = False
+        if not within_world(pose):  # the edge of the simulated world is a wall
+            self.base.stop_at(previous)
+            pose, contact = previous, True
         if self.collision.radius > 0:
             c = self.collision
             after = self.model.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)

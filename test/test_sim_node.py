@@ -122,4 +122,4 @@ def test_shipped_config_is_accepted_and_bad_parameters_are_refused(tiny_checkpoi
     bad.write_text("mirage_sim:\n  ros__parameters:\n    drive: tank\n    rate: 10.0\n")
     with node_process("mirage_ros.ros.sim_node", "--params-file", str(bad)) as process:
         assert process.wait(timeout=60) == 2
-        assert "drive must be one of" in process.stdout.read()
+        assert "mirage_sim: drive: must be one of" in process.stdout.read()

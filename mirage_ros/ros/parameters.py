@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -48,27 +49,38 @@ class ParameterSpec:
         scalars; this also covers array elements, string choices and cross-field rules."""
         values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else [value]
         if self.length is not None and len(values) != self.length:
-            return f"{self.name} needs {self.length} values, got {len(values)}"
+            return f"{self.name}: needs {self.length} values, got {len(values)}"
         if self.choices is not None and value not in self.choices:
-            return f"{self.name} must be one of {list(self.choices)}, got {value!r}"
+            return f"{self.name}: must be one of {list(self.choices)}, got {value!r}"
         for item in values:
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 if item != item or item in (float("inf"), float("-inf")):
-                    return f"{self.name} must be finite, got {item}"
+                    return f"{self.name}: must be finite, got {item}"
                 if self.low is not None and item < self.low or self.high is not None and item > self.high:
-                    return f"{self.name} must be within [{self.low}, {self.high}], got {item}"
-        return self.check(value) if self.check else None
+                    return f"{self.name}: must be within [{self.low}, {self.high}], got {item}"
+        error = self.check(value) if self.check else None
+        return f"{self.name}: {error}" if error else None
 
 
 def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, Any]:
     """Declare ``specs`` on ``node`` and return their values; raise ``ValueError`` on a bad value
     (from a params file or the command line), and reject bad ``set_parameters`` calls later."""
     by_name = {spec.name: spec for spec in specs}
-    node.declare_parameters("", [(spec.name, spec.default, spec.descriptor()) for spec in specs])
+    errors = []
+    for spec in specs:
+        try:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        except InvalidParameterValueException as error:  # a start-up value outside the declared range
+            value = str(error).split("value: ")[-1].rsplit(":", 1)[0] if "value: " in str(error) else "?"
+            errors.append(f"{spec.name}: must be within [{spec.low}, {spec.high}], got {value}")
+        except InvalidParameterTypeException as error:
+            errors.append(f"{spec.name}: {str(error).rsplit(':', 1)[0]}")
+    if errors:
+        raise ValueError("; ".join(errors))
     values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
     errors = [error for spec in specs if (error := spec.error(values[spec.name]))]
     if errors:
-        raise ValueError("invalid parameters: " + "; ".join(errors))
+        raise ValueError("; ".join(errors))
 
     def on_set(parameters: list[Parameter]) -> SetParametersResult:
         for parameter in parameters:

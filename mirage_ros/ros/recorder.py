@@ -39,7 +39,7 @@ MEMORY_CLOUD = ("mirage_sim/memory_cloud", "sensor_msgs/msg/PointCloud2")
 
 PARAMETERS = [
     ParameterSpec("output", "mirage_rollout", "Bag folder to write (must not exist).", read_only=True,
-                  check=lambda value: None if value.strip() else "output must not be empty"),
+                  check=lambda value: None if value.strip() else "must not be empty"),
     ParameterSpec("record_memory_cloud", False, "Also record the (large, throttled) memory point cloud.",
                   read_only=True),
 ]

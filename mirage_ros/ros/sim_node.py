@@ -9,10 +9,11 @@ run with ``use_sim_time:=true``) and generation slower than real time never brea
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist, TwistStamped
 from rclpy.clock import Clock, ClockType
@@ -40,8 +41,22 @@ WARN_THROTTLE_S = 2.0
 RTF_SMOOTHING = 0.1
 MAX_STEP_FRAMES = 1000
 
+def _usable_device(value: str) -> str | None:
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError as error:
+        return f"not a torch device ({error})"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine (use cpu)"
+    if device.type not in ("cpu", "cuda"):
+        return f"device type {device.type!r} is not supported (cpu or cuda)"
+    return None
+
+
 def _nine_values(value: Any) -> str | None:
-    return None if len(value) == 9 else "start_k needs 9 values (row-major K; all zeros: unset)"
+    return None if len(value) == 9 else "needs 9 values (row-major K; all zeros: unset)"
 
 
 PARAMETERS = [
@@ -77,7 +92,8 @@ PARAMETERS = [
                   "publishers also serve best-effort subscribers).", read_only=True,
                   choices=("reliable", "best_effort")),
     ParameterSpec("model_path", "", "World model checkpoint directory; empty: the shipped default.", read_only=True),
-    ParameterSpec("device", "cpu", "Torch device of the world model (cpu, cuda, cuda:1...).", read_only=True),
+    ParameterSpec("device", "cpu", "Torch device of the world model (cpu, cuda, cuda:1...).", read_only=True,
+                  check=_usable_device),
     ParameterSpec("precision", "auto", "Network arithmetic: float32, bfloat16, or auto (bfloat16 where the "
                   "hardware runs it natively, about 2x faster there).", read_only=True, choices=PRECISIONS),
     ParameterSpec("memory", "latent", "Spatial memory: latent (the method), explicit (RGB point cloud "
@@ -115,6 +131,35 @@ PARAMETERS = [
 ]
 
 
+def answers_failures(what: str) -> Callable:
+    """Service handler decorator: any exception becomes a failed response naming ``what`` and the
+    reason (and an error log for unexpected ones), so no request can reach the executor with it."""
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def guarded(self: "SimNode", request: Any, response: Any) -> Any:
+            try:
+                return handler(self, request, response)
+            except (ValueError, OSError) as error:
+                response.success, response.message = False, f"{what} failed: {error}"
+            except Exception as error:  # noqa: BLE001 - a request must never take the simulator down
+                self.get_logger().error(f"{what} failed unexpectedly: {type(error).__name__}: {error}")
+                response.success, response.message = False, f"{what} failed: {type(error).__name__}: {error}"
+            return response
+        return guarded
+    return decorate
+
+
+def start_up_error(error: Exception, params: dict[str, Any]) -> ValueError:
+    """A start-up failure as ``<parameter>: <reason>``: the parameter whose value caused it."""
+    if params["memory_file"]:
+        name = "memory_file"
+    elif params["start_rgb"] or params["start_depth"]:
+        name = "start_rgb/start_depth"
+    else:
+        name = "world_seed"
+    return ValueError(f"{name}: {error}")
+
+
 class SimNode(Node):
     """Fixed-rate learned camera simulator; see the module docstring."""
 
@@ -123,8 +168,14 @@ class SimNode(Node):
         params = declare_and_validate(self, PARAMETERS)
         self.params = params
         self.period = 1.0 / params["rate"]
-        self.simulator = build_simulator(params)
-        self.simulator.reset()
+        try:
+            self.simulator = build_simulator(params)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"model_path: {error}") from error
+        try:
+            self.simulator.reset()
+        except (ValueError, OSError) as error:
+            raise start_up_error(error, params) from error
         self.camera, self.mount = self.simulator.camera, self.simulator.mount
         height, width = self.camera.height, self.camera.width
         start = self.simulator.start
@@ -202,7 +253,7 @@ class SimNode(Node):
                 check_frame(msg.header.frame_id, self.params["base_frame"], "cmd_vel")
                 msg = msg.twist
             self.base.command(*twist_from_msg(msg), stamp=self.now_seconds())
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:
             self.get_logger().warning(f"rejected cmd_vel: {error}", throttle_duration_sec=WARN_THROTTLE_S)
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
@@ -210,33 +261,34 @@ class SimNode(Node):
         try:
             check_frame(msg.header.frame_id, self.params["odom_frame"], "initialpose")
             pose = planar_pose_from_matrix(pose_to_matrix(msg.pose.pose))
+            self.simulator.teleport(pose)
         except ValueError as error:
             self.get_logger().warning(f"rejected initialpose: {error}", throttle_duration_sec=WARN_THROTTLE_S)
             return
-        self.base.reset(pose)
         self.get_logger().info(f"base moved to x={pose.x:.3f} y={pose.y:.3f} yaw={pose.yaw:.3f}")
 
     # ------------------------------------------------------------------ services
+    @answers_failures("reset")
     def _on_reset(self, request: Reset.Request, response: Reset.Response) -> Reset.Response:
-        try:
-            self.simulator.reset(request.seed if request.use_seed else None)
-        except (ValueError, OSError) as error:
-            response.success, response.message = False, f"reset failed: {error}"
-            return response
+        self.simulator.reset(request.seed if request.use_seed else None)  # all or nothing
+        self.steps = 0
         self._last_cloud_time = -math.inf
         response.success, response.message = True, f"reset ({self.simulator.start.kind} start)"
         return response
 
+    @answers_failures("pause")
     def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.paused, self.pending_frames = True, 0
         response.success, response.message = True, "paused"
         return response
 
+    @answers_failures("resume")
     def _on_resume(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.paused, self.pending_frames = False, 0
         response.success, response.message = True, "running"
         return response
 
+    @answers_failures("step")
     def _on_step_frames(self, request: StepFrames.Request, response: StepFrames.Response) -> StepFrames.Response:
         if not self.paused:
             response.success, response.message = False, "pause the simulation before stepping it"
@@ -247,21 +299,15 @@ class SimNode(Node):
             response.success, response.message = True, f"{self.pending_frames} frames queued"
         return response
 
+    @answers_failures("save")
     def _on_save_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
-        try:
-            saved = self.simulator.save_memory(Path(request.path))
-        except (ValueError, OSError) as error:
-            response.success, response.message = False, f"save failed: {error}"
-            return response
+        saved = self.simulator.save_memory(Path(request.path))
         response.success, response.message = True, f"saved {saved.entries} tokens"
         return response
 
+    @answers_failures("load")
     def _on_load_memory(self, request: MemoryFile.Request, response: MemoryFile.Response) -> MemoryFile.Response:
-        try:
-            coverage = self.simulator.load_memory(Path(request.path))
-        except (ValueError, OSError) as error:
-            response.success, response.message = False, f"load failed: {error}"
-            return response
+        coverage = self.simulator.load_memory(Path(request.path))
         response.success, response.message = True, f"loaded; current view {coverage:.0%} covered"
         return response
 
