@@ -103,3 +103,13 @@ def wait_until_running(client: RosTestClient, recorder: Recorder, *publishers) -
     """Until every publisher is matched by the simulator and it has published images."""
     client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers) and len(recorder.images) > 1,
                       timeout=90, what="mirage_sim to start publishing")
+
+
+def call(client: RosTestClient, service_type, name: str, request, timeout: float = 60.0):
+    """Call service ``name`` and return its response; fails the test if there is no answer."""
+    service = client.node.create_client(service_type, name)
+    client.spin_until(service.service_is_ready, timeout=30, what=f"service {name}")
+    future = service.call_async(request)
+    client.spin_until(future.done, timeout=timeout, what=f"response of {name}")
+    client.node.destroy_client(service)
+    return future.result()

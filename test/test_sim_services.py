@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from geometry_msgs.msg import Twist
-from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
+from ros_harness import Recorder, call, node_args, node_process, ros_client, wait_until_running
 from std_srvs.srv import Trigger
 
 from mirage_ros.model import DEFAULT_CHECKPOINT
@@ -15,14 +15,6 @@ from mirage_ros.srv import MemoryFile, Reset, StepFrames
 from mirage_ros.training.metrics import psnr
 
 pytestmark = pytest.mark.ros
-
-
-def call(client, service_type, name: str, request):
-    service = client.node.create_client(service_type, name)
-    client.spin_until(service.service_is_ready, timeout=30, what=f"service {name}")
-    future = service.call_async(request)
-    client.spin_until(future.done, timeout=60, what=f"response of {name}")
-    return future.result()
 
 
 def test_pause_step_and_reset(tiny_checkpoint):

@@ -451,6 +451,8 @@ class LatentSpatialMemory:
                     "config": json.dumps(asdict(self.config)), "channels": str(self.channels or 0),
                     "observations": str(self.observations), "write_count": str(self.write_count)}
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in FIELDS}
+        if not str(path).strip():
+            raise ValueError("no file path given")
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"{path} is a directory; give a file path")

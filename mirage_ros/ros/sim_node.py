@@ -160,6 +160,9 @@ def start_up_error(error: Exception, params: dict[str, Any]) -> ValueError:
     return ValueError(f"{name}: {error}")
 
 
+WORLD_SEED = next(spec for spec in PARAMETERS if spec.name == "world_seed")
+
+
 class SimNode(Node):
     """Fixed-rate learned camera simulator; see the module docstring."""
 
@@ -270,6 +273,8 @@ class SimNode(Node):
     # ------------------------------------------------------------------ services
     @answers_failures("reset")
     def _on_reset(self, request: Reset.Request, response: Reset.Response) -> Reset.Response:
+        if request.use_seed and (error := WORLD_SEED.error(request.seed)):
+            raise ValueError(error)  # the same range as the world_seed parameter
         self.simulator.reset(request.seed if request.use_seed else None)  # all or nothing
         self.steps = 0
         self._last_cloud_time = -math.inf
