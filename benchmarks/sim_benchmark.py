@@ -4,8 +4,9 @@
 
 Runs the node in its own process and measures, from another process: published steps per second
 with a subscriber attached; end-to-end latency from a cmd_vel to the first image rendered from the
-moved pose; and with --soak, resident memory of the node over time under a wandering driver and
-whether any step was dropped (gaps in the sim-time stamps of the images).
+moved pose; and with --soak, resident memory of the node over time under a wandering driver, the
+step latency it reports (SimStatus.step_latency: read, denoise, decode, write, publish) and whether
+any step was dropped (gaps in the sim-time stamps of the images).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from ros_harness import ros_client  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from mirage_ros.msg import SimStatus  # noqa: E402
 from mirage_ros.ros.conversions import seconds_of  # noqa: E402
 
 
@@ -54,6 +56,9 @@ def main() -> int:
         with ros_client("mirage_benchmark") as client:
             arrivals: list[tuple[float, float]] = []  # (wall time, sim stamp)
             odometry: dict[float, Odometry] = {}
+            latencies_reported: list[float] = []
+            client.node.create_subscription(SimStatus, "/mirage_sim/status",
+                                            lambda m: latencies_reported.append(m.step_latency), QoSProfile(depth=50))
             client.node.create_subscription(
                 Image, "/camera/image_raw", lambda m: arrivals.append((time.monotonic(), seconds_of(m.header.stamp))),
                 QoSProfile(depth=50))
@@ -100,6 +105,8 @@ def main() -> int:
             if args.soak > 0:
                 timer = client.node.create_timer(0.05, drive)
                 soak_start, samples, first = time.monotonic(), [], len(arrivals)
+                first_status = len(latencies_reported)
+                samples.append((0.0, rss_mib(node.pid)))
                 while time.monotonic() - soak_start < args.soak:
                     client.spin_for(10.0)
                     samples.append((time.monotonic() - soak_start, rss_mib(node.pid)))
@@ -109,6 +116,10 @@ def main() -> int:
                 print(f"soak {args.soak:.0f} s: {len(stamps)} frames, {gaps} gaps in sim time (dropped steps); "
                       f"node RSS after warm-up min {min(warm):.0f} / max {max(warm):.0f} MiB "
                       f"({100 * (max(warm) / min(warm) - 1):.1f} % spread, target within 10 %)")
+                step_ms = 1000 * np.array(latencies_reported[first_status:])
+                print(f"soak RSS start {samples[0][1]:.0f} / end {samples[-1][1]:.0f} / max "
+                      f"{max(r for _, r in samples):.0f} MiB; step latency p50 {np.percentile(step_ms, 50):.1f} / "
+                      f"p95 {np.percentile(step_ms, 95):.1f} / max {step_ms.max():.1f} ms over {len(step_ms)} steps")
                 print("RSS samples (s, MiB): " + ", ".join(f"{t:.0f}:{r:.0f}" for t, r in samples))
     finally:
         node.terminate()

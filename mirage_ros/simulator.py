@@ -218,7 +218,8 @@ def build_simulator(params: dict[str, Any]) -> Simulator:
     mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
-                                       precision=params["precision"])
+                                       precision=params["precision"],
+                                       floor_height=params["floor_height"] if params["clamp_to_floor"] else None)
     # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
     model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
     height, width = model.image_size

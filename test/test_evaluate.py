@@ -10,7 +10,7 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), "--worlds", "1",
                           "--frames", "8"]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
-    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder"}
+    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder", "truth"}
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}
@@ -19,6 +19,10 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     assert metrics["none"]["covered_frames"] == 0  # without memory no view is covered
     assert metrics["latent"]["observed_frames"] > 0  # the start view is seen again on the way back
     assert 0 < metrics["autoencoder"]["reconstruction_depth_absrel"] < 10
+    # Depth geometry, with the ground truth beside it: no grid imprint and nothing below the floor there;
+    # the floor constraint keeps even an untrained model's depth above the floor.
+    assert 0.5 < metrics["truth"]["seam_ratio_depth"] < 1.5 and metrics["truth"]["below_floor_share"] == 0.0
+    assert metrics["latent"]["below_floor_share"] == 0.0 and metrics["latent"]["seam_ratio_depth"] > 0
     report = (output / "report.md").read_text()
-    assert all(f"| {variant} |" in report for variant in evaluate.VARIANTS)
+    assert all(f"| {variant} |" in report for variant in (*evaluate.VARIANTS, "truth"))
     assert (output / "loop_closure.png").stat().st_size > 0 and (output / "examples.png").stat().st_size > 0

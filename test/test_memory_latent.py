@@ -260,3 +260,53 @@ def test_plane_depth_refines_decoded_depth_only_where_they_agree():
     refined = refine_depth_with_planes(decoded, planes, tolerance=0.25)
     # agrees (5 %) -> plane; disagrees (50 %) -> decoded; no plane -> decoded; 20 % -> plane
     torch.testing.assert_close(refined, torch.tensor([2.1, 2.0, 2.0, 3.2]))
+
+
+def test_remembered_surface_depth_has_no_steps_at_cell_borders_and_keeps_edges():
+    """Token planes of one surface that disagree slightly (as planes fitted to imagined depth do) join
+    smoothly across latent cells, where one plane per cell leaves a step at every cell border; and a
+    real depth edge between two surfaces stays an edge."""
+    from mirage_ros.memory.projection import pixel_rays, smooth_surface_depth
+    from mirage_ros.training.metrics import seam_ratio
+
+    rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
+    generator = torch.Generator().manual_seed(0)
+    # A wall 3 m ahead, tilted 30 degrees; each cell's plane has its offset perturbed by up to +-2 %.
+    normal = torch.tensor([math.sin(math.radians(30)), 0.0, -math.cos(math.radians(30))], dtype=torch.float64)
+    offset = -3.0 * math.cos(math.radians(30))
+    planes = torch.zeros(16, 16, 4, dtype=torch.float64)
+    planes[..., :3] = normal
+    planes[..., 3] = offset * (1 + 0.02 * (2 * torch.rand(16, 16, generator=generator, dtype=torch.float64) - 1))
+    planes[:, 12:, 3] *= 0.5  # the right quarter: a nearer surface (a depth edge at x = 96 px)
+    centres = pixel_rays(torch.as_tensor(CAMERA.resized(16, 16).K), 16, 16)
+    cell_depth = planes[..., 3] / (centres * planes[..., :3]).sum(-1)
+    scale = 1 + 0.05 * torch.rand(16, 16, generator=generator, dtype=torch.float64)
+    smooth, pixel_scale = smooth_surface_depth(planes, cell_depth, scale, rays)
+    per_cell, _ = smooth_surface_depth(planes, cell_depth, scale, rays, same_surface=0.0)
+    left = (slice(None), slice(0, 92))  # the wall, away from the edge
+    assert seam_ratio([smooth.numpy()[left]]) < 1.3
+    assert seam_ratio([per_cell.numpy()[left]]) > 3.0  # the check above can fail: one plane per cell steps
+    assert seam_ratio([pixel_scale.numpy()[left]]) < 1.3
+    np.testing.assert_allclose(smooth.numpy(), per_cell.numpy(), rtol=0.03)  # smoothing moves depth by < 3 %
+    step = smooth.numpy()[:, 97] / smooth.numpy()[:, 94]
+    assert np.all(step < 0.6)  # the nearer surface starts at the edge, not blended into the wall
+
+
+def test_depth_is_clamped_to_the_floor_and_near_floor_points_lie_on_it():
+    from mirage_ros.memory.projection import clamp_to_floor, pixel_rays
+    from mirage_ros.training.metrics import heights_above_floor
+
+    pose = look_at((0.0, 0.0, 0.5), (3.0, 0.0, 0.0))  # camera 0.5 m up, looking down at the floor
+    truth = box_depth([ROOM], pose, CAMERA.K, 128, 128)
+    rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
+    too_far = torch.from_numpy(truth * 1.5).float()  # every floor point pushed below the floor
+    clamped = clamp_to_floor(too_far, rays, pose, floor_height=0.0).numpy()
+    heights = heights_above_floor(clamped, pose, CAMERA.K)
+    assert heights.min() > -1e-4
+    floor = heights_above_floor(truth, pose, CAMERA.K) < 0.01
+    np.testing.assert_allclose(clamped[floor], truth[floor], rtol=1e-4)   # back on the floor exactly
+    slightly_short = torch.from_numpy(truth * 0.99).float()                 # floor points 0.5 cm above it
+    snapped = clamp_to_floor(slightly_short, rays, pose, floor_height=0.0).numpy()
+    np.testing.assert_allclose(snapped[floor], truth[floor], rtol=1e-4)
+    walls = heights_above_floor(truth, pose, CAMERA.K) > 0.2
+    np.testing.assert_array_equal(snapped[walls], slightly_short.numpy()[walls])  # the rest untouched

@@ -46,3 +46,15 @@ def test_visibility_from_a_reference_view_and_masked_ssim():
     damaged[:, 36:] = 0
     assert ssim(damaged, image, mask=seen) == pytest.approx(1.0)
     assert ssim(damaged, image) < 0.9
+
+
+def test_seam_ratio_sees_cell_blocks_and_not_smooth_images():
+    from mirage_ros.training.metrics import seam_ratio
+
+    rng = np.random.default_rng(0)
+    smooth = np.add.outer(np.linspace(1, 3, 64), np.linspace(0, 1, 64))
+    blocks = np.repeat(np.repeat(rng.uniform(1, 3, (8, 8)), 8, 0), 8, 1) + 0.001 * smooth
+    assert seam_ratio([smooth]) == pytest.approx(1.0, abs=0.05)
+    assert seam_ratio([blocks]) > 10
+    rgb = (np.repeat(np.repeat(rng.uniform(0, 255, (8, 8, 3)), 8, 0), 8, 1)).astype(np.uint8)
+    assert seam_ratio([rgb]) > 10

@@ -35,3 +35,36 @@ def test_autoencoder_and_denoiser_training_reduce_the_loss_and_resume(tmp_path):
     train_denoiser.main(common + ["--output", str(dn), "--steps", "14", "--save-every", "7", "--lr", "1e-3",
                                   "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32"])
     assert [json.loads(line)["step"] for line in (dn / "log.jsonl").read_text().splitlines()][-2:] == [13, 14]
+
+
+def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):
+    """``accelerate launch --num_processes 2 --cpu``: both processes train (gradients averaged), only
+    the main one writes the log and checkpoints, and the run resumes like a single-process one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mirage_ros.model import MemoryConditionedDenoiser, load_component
+
+    write_dataset(tmp_path / "data", "train", worlds=1, sequences_per_world=1, frames=8, width=32, height=32,
+                  workers=1, progress=False)
+    common = ["--data", str(tmp_path / "data"), "--batch-size", "4", "--log-every", "1", "--workers", "0",
+              "--mixed-precision", "no"]
+    ae = tmp_path / "ae"
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2", "--num_machines",
+              "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
+    for module, extra, run in (
+            ("mirage_ros.training.train_autoencoder", ["--latent-channels", "4", "--block-out-channels", "16", "16",
+                                                       "16", "16", "--crop-size", "0"], ae),
+            ("mirage_ros.training.train_denoiser", ["--autoencoder", str(ae / "checkpoint"),
+                                                    "--block-out-channels", "32", "32"], tmp_path / "dn")):
+        result = subprocess.run(launch + [module, *common, *extra, "--output", str(run), "--steps", "4",
+                                          "--save-every", "2"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3, 4]  # one writer: no line twice
+        assert not list(run.glob("checkpoint.*"))  # no staging folder left by a second writer
+    denoiser = load_component(MemoryConditionedDenoiser, tmp_path / "dn" / "checkpoint")
+    assert all(torch.isfinite(p).all() for p in denoiser.parameters())
+    assert json.loads((tmp_path / "dn" / "memory.json").read_text())["patch_size"] == 8

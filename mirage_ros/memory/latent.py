@@ -30,8 +30,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
-from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, depth_tensor, intrinsics_tensor, pixel_rays,
-                                          planar_depth, pose_tensor, to_pixel_grid, to_world, zbuffer)
+from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, depth_tensor, intrinsics_tensor,
+                                          pixel_rays, pose_tensor, smooth_surface_depth, to_pixel_grid, to_world,
+                                          zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 2
@@ -128,7 +129,7 @@ class LatentSpatialMemory:
     def __init__(self, config: LatentMemoryConfig | None = None, device: str | torch.device = "cpu") -> None:
         self.config = config or LatentMemoryConfig()
         self.device = torch.device(device)
-        self._ray_cache: tuple[tuple, torch.Tensor] | None = None
+        self._rays = RayCache(self.device)
         self.clear()
 
     # ------------------------------------------------------------------ state
@@ -405,17 +406,13 @@ class LatentSpatialMemory:
         read = self.read(cam_to_world, K, (height // p, width // p))
         # Remembered tokens are decoded as they were seen; this rescales their depth to this viewpoint.
         scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
-        planes = planar_depth(read.planes, read.depth, self._rays(K, height, width)) if surface_depth else None
+        planes = None
+        if surface_depth:  # plane depth and scale joined smoothly across the cells of one surface
+            planes, pixel_scale = smooth_surface_depth(read.planes, read.depth, scale, self._rays(K, height, width))
+        else:
+            pixel_scale = to_pixel_grid(scale, p)
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                          to_pixel_grid(read.coverage, p), to_pixel_grid(scale, p), planes)
-
-    def _rays(self, K: np.ndarray, height: int, width: int) -> torch.Tensor:
-        """Pixel rays of ``K``, kept while the camera stays the same (they depend on nothing else)."""
-        key = (np.asarray(K, dtype=np.float64).tobytes(), height, width)
-        if self._ray_cache is None or self._ray_cache[0] != key:
-            rays = pixel_rays(torch.as_tensor(np.asarray(K, dtype=np.float64), device=self.device), height, width)
-            self._ray_cache = (key, rays)
-        return self._ray_cache[1]
+                          to_pixel_grid(read.coverage, p), pixel_scale, planes)
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():

@@ -30,6 +30,11 @@ SPLAT_DEPTH_PENALTY = 0.01
 #: With surface normals: candidates whose surfaces lie within this relative depth of each other at the
 #: pixel centre count as the same surface, and the one projecting nearest the centre wins.
 SURFACE_TOLERANCE = 0.03
+#: Points of generated depth less than this (metres) above the floor are put on the floor.
+FLOOR_SNAP = 0.03
+#: Neighbouring token planes whose depths at a pixel agree within this (relative) show one surface and
+#: are blended there (``smooth_surface_depth``).
+SAME_SURFACE = 0.05
 #: Bits of the ordering key holding the candidate's distance to the pixel centre (1/64 pixel units).
 _CENTRE_BITS = 8
 
@@ -103,32 +108,122 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pixels @ torch.linalg.inv(K).T
 
 
+class RayCache:
+    """``pixel_rays`` of the last camera asked for: they depend on nothing but ``K`` and the image
+    size, and a simulator's camera rarely changes."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._key: tuple | None = None
+        self._rays: torch.Tensor | None = None
+
+    def __call__(self, K: np.ndarray, height: int, width: int) -> torch.Tensor:
+        key = (np.asarray(K, dtype=np.float64).tobytes(), height, width)
+        if self._key != key:
+            self._rays = pixel_rays(torch.as_tensor(np.asarray(K, dtype=np.float64), device=self.device), height, width)
+            self._key = key
+        return self._rays
+
+
+def clamp_to_floor(depth: torch.Tensor, rays: torch.Tensor, cam_to_world: np.ndarray, floor_height: float,
+                   snap: float = FLOOR_SNAP) -> torch.Tensor:
+    """``depth [H,W]`` with no point below the floor plane ``z = floor_height`` (memory frame, z up):
+    a ray that reaches the floor ends there at the latest, and points less than ``snap`` metres above
+    it are put on it (the floor is where the floor is). The simulator knows the camera's height and
+    pitch, so this needs nothing from the model."""
+    pose = torch.as_tensor(cam_to_world, dtype=torch.float64, device=depth.device)
+    down = rays.to(torch.float64) @ pose[2, :3]               # world z per unit of optical depth
+    height = pose[2, 3] - floor_height                          # camera above the floor
+    with torch.no_grad():
+        to_floor = torch.where(down < -1e-6, height / (-down).clamp_min(1e-6), torch.full_like(down, float("inf")))
+        above = height + depth.to(torch.float64) * down        # height of each point above the floor
+        on_floor = (down < -1e-6) & (above < snap) & (height > 0)
+    return torch.where(on_floor, to_floor.to(depth.dtype), depth)
+
+
 def to_pixel_grid(grid: torch.Tensor, factor: int) -> torch.Tensor:
     """A latent-grid map ``[h,w,...]`` repeated over each cell's ``factor x factor`` image pixels."""
     return grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
 
 
-def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, rays: torch.Tensor,
-                 max_deviation: float = 0.25) -> torch.Tensor:
-    """Depth ``[H,W]`` of every image pixel on the plane of the token shown in its latent cell.
+def cell_neighbours(height: int, width: int, h: int, w: int, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every pixel of an ``height x width`` image, the four latent cells (of an ``h x w`` grid)
+    whose centres surround it: flat cell indices ``[4,H,W]`` and bilinear weights ``[4,H,W]`` (summing
+    to 1; at the border the nearest cells repeat)."""
+    def axis(pixels: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = (torch.arange(pixels, dtype=torch.float64, device=device) + 0.5) * cells / pixels - 0.5
+        low = torch.floor(position).clamp(0, cells - 1)
+        fraction = (position - low).clamp(0.0, 1.0)
+        return low.long(), (low + 1).clamp(max=cells - 1).long(), fraction
 
-    A token stands for a small planar surface patch, so a pixel ray meets it at an exact depth: walls,
-    floors and box faces come out smooth at image resolution instead of as one value per 8x8 cell.
-    ``planes [h,w,4]`` and ``cell_depth [h,w]`` (the depth at the cell centre) come from a
-    ``MemoryRead``; ``rays [H,W,3]`` are the image's ``pixel_rays`` (fixed per camera: callers keep
-    them). Pixels whose ray misses the plane (NaN, behind the camera) or lands further than
-    ``max_deviation`` (relative) from the cell centre's depth (grazing planes) are NaN: the caller
-    keeps another estimate there.
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    y0, y1, fy = y0[:, None], y1[:, None], fy[:, None]
+    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+    weight = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
+    return index, weight
+
+
+def smooth_surface_depth(planes: torch.Tensor, cell_depth: torch.Tensor, cell_scale: torch.Tensor,
+                         rays: torch.Tensor, max_deviation: float = 0.25, same_surface: float = SAME_SURFACE
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel depth on the remembered token planes, and the per-pixel depth scale, both joined
+    smoothly across latent cells that show one surface.
+
+    A token stands for a small planar surface patch, so a pixel ray meets it at an exact depth. Each
+    pixel takes the depths where its ray meets the planes of the (up to) four tokens whose cells
+    surround it, keeps those on its own cell's surface (within ``same_surface``, relative, of its own
+    cell's estimate) and blends them bilinearly: walls and floors come out smooth at image resolution,
+    with no step at cell borders, while at a depth edge each side keeps its own surface. The depth
+    scale of remembered tokens (``cell_scale [h,w]``: depth now / depth when seen) is blended the same
+    way, in log space.
+
+    ``planes [h,w,4]`` and ``cell_depth [h,w]`` (depth at the cell centre, NaN where uncovered) come
+    from a ``MemoryRead``; ``rays [H,W,3]`` are the image's ``pixel_rays``. A plane is not used where
+    the ray misses it (NaN, behind the camera) or lands further than ``max_deviation`` (relative) from
+    its cell centre's depth (grazing planes). Returns ``plane_depth [H,W]`` (NaN where unknown: the
+    caller keeps another estimate) and ``scale [H,W]`` (1 outside remembered cells).
     """
     height, width = rays.shape[:2]
     h, w = planes.shape[:2]
-    if height // h != width // w:
+    if height // h != width // w or height % h or width % w:
         raise ValueError(f"latent grid {h}x{w} and image {height}x{width} have different cell sizes")
-    cell = to_pixel_grid(planes.to(torch.float64), height // h)
-    depth = cell[..., 3] / (rays.to(torch.float64) * cell[..., :3]).sum(-1)
-    centre = to_pixel_grid(cell_depth.to(torch.float64), height // h)
-    usable = torch.isfinite(depth) & (depth > 0) & ((depth - centre).abs() <= max_deviation * centre)
-    return torch.where(usable, depth, torch.full_like(depth, float("nan"))).float()
+    device = rays.device
+    index, weight = cell_neighbours(height, width, h, w, device)
+    own = to_pixel_grid(torch.arange(h * w, device=device).reshape(h, w), height // h)
+    flat_planes = planes.reshape(h * w, 4).to(torch.float64)
+    flat_depth = cell_depth.reshape(h * w).to(torch.float64)
+    rays = rays.to(torch.float64)
+
+    def plane_depth(cells: torch.Tensor) -> torch.Tensor:
+        plane = flat_planes[cells]
+        depth = plane[..., 3] / (rays * plane[..., :3]).sum(-1)
+        centre = flat_depth[cells]
+        usable = torch.isfinite(depth) & (depth > 0) & ((depth - centre).abs() <= max_deviation * centre)
+        return torch.where(usable, depth, torch.full_like(depth, float("nan")))
+
+    own_depth = plane_depth(own)
+    covered = torch.isfinite(flat_depth[own])
+    reference = torch.where(torch.isfinite(own_depth), own_depth, flat_depth[own])
+    candidates = torch.stack([plane_depth(cells) for cells in index])                  # [4,H,W]
+    agree = torch.isfinite(candidates) & ((candidates - reference).abs() <= same_surface * reference)
+    weights = weight * agree
+    total = weights.sum(0)
+    blended = (weights * torch.nan_to_num(candidates)).sum(0) / total.clamp_min(1e-12)
+    blended = torch.where(covered & (total > 0), blended, own_depth)
+    log_scale = torch.log(cell_scale.reshape(h * w).to(torch.float64))
+    scale_weights = weight * (agree | (index == own))  # a cell always agrees with itself
+    scale = torch.exp((scale_weights * log_scale[index]).sum(0) / scale_weights.sum(0))
+    scale = torch.where(covered, scale, torch.ones_like(scale))
+    return blended.float(), scale.float()
+
+
+def planar_depth(planes: torch.Tensor, cell_depth: torch.Tensor, rays: torch.Tensor,
+                 max_deviation: float = 0.25) -> torch.Tensor:
+    """Depth ``[H,W]`` of every image pixel on the remembered token planes (``smooth_surface_depth``)."""
+    ones = torch.ones(planes.shape[:2], dtype=torch.float64, device=planes.device)
+    return smooth_surface_depth(planes, cell_depth, ones, rays, max_deviation)[0]
 
 
 def refine_depth_with_planes(depth: torch.Tensor, plane_depth: torch.Tensor, tolerance: float) -> torch.Tensor:

@@ -28,7 +28,7 @@ from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
                                NoMemory, SpatialMemory, write_back)
-from mirage_ros.memory.projection import refine_depth_with_planes
+from mirage_ros.memory.projection import RayCache, clamp_to_floor, refine_depth_with_planes
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
@@ -137,12 +137,17 @@ class WorldModel:
     Frames: every pose is ``cam_to_world``, a 4x4 rigid transform from the camera's optical frame
     (z forward, x right, y down; REP 103) to the memory frame (the simulator's odometry frame).
     Intrinsics ``K`` are 3x3 pinhole matrices at the resolution of the image they belong to.
+
+    ``floor_height``: where the floor plane ``z = floor_height`` of the memory frame (z up) is known,
+    generated depth never goes below it and points within a few centimetres of it lie on it
+    (``memory.projection.clamp_to_floor``); ``None``: no floor is assumed.
     """
 
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
                  image_size: tuple[int, int] = (128, 128), memory: str = "latent",
                  memory_config: LatentMemoryConfig | None = None, sampling: SamplingConfig | None = None,
-                 device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32") -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32",
+                 floor_height: float | None = None) -> None:
         self.device = torch.device(device)
         self.compute_dtype = resolve_precision(precision, self.device)
         self.autoencoder = autoencoder.to(self.device).eval()
@@ -163,6 +168,8 @@ class WorldModel:
             raise ValueError(f"memory patch_size {self.memory_config.patch_size} must equal the autoencoder's "
                              f"downsampling factor {factor}")
         self.seed = seed
+        self.floor_height = floor_height
+        self._rays = RayCache(self.device)
         self.memory: SpatialMemory = build_memory(memory, self.memory_config, denoiser.config.latent_channels,
                                                   self._encode, self.device)
         self.K: np.ndarray | None = None
@@ -323,6 +330,8 @@ class WorldModel:
             # Remembered tokens: the decoded depth, rescaled from where the token was seen to here,
             # refined to the exact depth on the token's plane where the two agree.
             depth = refine_depth_with_planes(depth * view.depth_scale, view.planar_depth, PLANE_AGREEMENT)
+        if self.floor_height is not None:
+            depth = clamp_to_floor(depth, self._rays(self.K, *self.image_size), cam_to_world, self.floor_height)
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from diffusers import ModelMixin
 from tqdm import tqdm
 
@@ -48,27 +49,36 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
 
     Resumes from ``args.output/checkpoint`` when present; writes a checkpoint every ``save_every``
     steps and at the end, and one JSON line of losses every ``log_every`` steps to ``log.jsonl``.
+
+    Under ``accelerate launch`` with several processes, each process draws its own batches (its rank
+    seeds its data and noise), gradients are averaged, and only the main process writes checkpoints
+    and the log (the losses it logs are averaged over the processes); the others wait for it.
     """
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + accelerator.process_index)
     torch.set_flush_denormal(True)  # denormals make CPU kernels crawl; nothing learnable lives there
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start = 0
     if has_checkpoint(args.output):
         start = load_training_state(args.output, model, optimizer)["step"]
         accelerator.print(f"resuming {description} from step {start}")
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    args.output.mkdir(parents=True, exist_ok=True)
+    # The data loader is not handed to accelerate: examples are random draws and each process seeds its
+    # own (seed + process index, above), so processes see different batches; they are moved here.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.is_main_process:
+        args.output.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     batches = infinite(loader)
     progress = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=description,
                     disable=not accelerator.is_main_process, dynamic_ncols=True)
     started = time.time()
-    with open(args.output / "log.jsonl", "a") as log:
+    log = open(args.output / "log.jsonl", "a") if accelerator.is_main_process else None
+    try:
         for step in progress:
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * learning_rate_factor(step, args.steps)
-            batch = next(batches)  # drawn outside autocast: data preparation runs in full precision
+            batch = send_to_device(next(batches), accelerator.device)  # drawn outside autocast
             with accelerator.autocast():
                 loss, parts = loss_fn(model, batch)
             accelerator.backward(loss)
@@ -77,12 +87,21 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:
-                record = {"step": done, "loss": float(loss), **parts, "lr": optimizer.param_groups[0]["lr"],
-                          "elapsed_s": round(time.time() - started, 1)}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                progress.set_postfix(loss=f"{float(loss):.4f}")
+                values = accelerator.reduce(torch.tensor([float(loss.detach()), *parts.values()],
+                                                         device=accelerator.device), reduction="mean")
+                if log is not None:
+                    loss_value, *part_values = values.tolist()
+                    record = {"step": done, "loss": loss_value, **dict(zip(parts, part_values)),
+                              "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 1)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    progress.set_postfix(loss=f"{loss_value:.4f}")
             if done % args.save_every == 0 or done == args.steps:
-                save_training_state(args.output, accelerator.unwrap_model(model), optimizer, done,
-                                    {"args": {k: str(v) for k, v in vars(args).items()}})
+                if accelerator.is_main_process:
+                    save_training_state(args.output, accelerator.unwrap_model(model), optimizer, done,
+                                        {"args": {k: str(v) for k, v in vars(args).items()}})
+                accelerator.wait_for_everyone()
+    finally:
+        if log is not None:
+            log.close()
     return accelerator.unwrap_model(model)

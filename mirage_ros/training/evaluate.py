@@ -14,6 +14,9 @@ from the first frame and generates the rest. Reported:
   the way out at the identical pose, for latent memory, explicit memory and no memory;
 - the effect of starting from the memory read where coverage is high (memory reuse on/off) and of
   keeping remembered tokens verbatim versus letting the denoiser redraw them;
+- geometry of the depth a planner reads, beside the ground truth's: token-seam ratios of depth and
+  RGB (do 8x8 latent cells show as blocks?), the share of depth points below the floor, and the
+  depth AbsRel on floor pixels the start observation did not see (imagined floor);
 - speed per step (read, denoise, decode, write) on this machine.
 """
 
@@ -33,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.model.world_model import PRECISIONS, WorldModel
-from mirage_ros.training.metrics import depth_abs_rel, psnr, ssim, visible_in
+from mirage_ros.training.metrics import depth_abs_rel, heights_above_floor, psnr, seam_ratio, ssim, visible_in
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
 from mirage_ros.worlds.dataset import seeds_for
@@ -41,9 +44,14 @@ from mirage_ros.worlds.dataset import seeds_for
 COVERED_FRAME = 0.9
 #: A frame enters the observed-content metrics when at least this share of it was seen at the start.
 OBSERVED_SHARE = 0.3
-VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "explicit", "none")
+VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "latent_no_floor", "explicit", "none")
 #: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
 VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": None}, "latent_redraw": {"keep_remembered": False}}
+#: Variants that do not know where the floor is (``WorldModel.floor_height``); the worlds' floor is z = 0.
+NO_FLOOR = ("latent_no_floor",)
+#: A point counts as below the floor when it is more than this (m) under it; truth floor pixels are
+#: those less than this above it.
+FLOOR_MARGIN = 0.02
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -66,7 +74,8 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     height, width = base.image_size
     camera = PinholeCamera.from_hfov(width, height, math.pi / 2)
     results = {variant: {"loop_psnr": [], "observed_psnr": [], "observed_ssim": [], "observed_absrel": [],
-                         "covered_psnr": [], "timings": []} for variant in VARIANTS}
+                         "covered_psnr": [], "timings": [], "rgb": [], "depth": [], "below_floor": [],
+                         "floor_absrel": []} for variant in ("truth", *VARIANTS)}
     reconstruction = {"psnr": [], "ssim": [], "absrel": []}
     examples = {}
     for world_seed in seeds_for("test", worlds):
@@ -83,13 +92,19 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             reconstruction["ssim"].append(ssim(rgb_out, rgb))
             reconstruction["absrel"].append(depth_abs_rel(depth_out, depth))
         half = frames // 2
+        floor = [heights_above_floor(d, pose, camera.K) < FLOOR_MARGIN
+                 for d, pose in zip(truth_depth, trajectory.cam_to_world)]
+        geometry(results["truth"], truth_rgb, truth_depth, truth_depth, trajectory.cam_to_world, camera.K, observed,
+                 floor)
         for variant in VARIANTS:
             memory = "latent" if variant.startswith("latent") else variant
             sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
             model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
-                               memory_config=base.memory_config, device=device, seed=seed, precision=precision)
+                               memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                               floor_height=None if variant in NO_FLOOR else 0.0)
             out = generate_along(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
             record = results[variant]
+            geometry(record, out["rgb"], out["depth"], truth_depth, trajectory.cam_to_world, camera.K, observed, floor)
             for back in range(half + 1, frames):
                 there = 2 * half - back  # the outgoing frame at the identical pose
                 if there >= 1 and np.allclose(trajectory.cam_to_world[back], trajectory.cam_to_world[there]):
@@ -105,7 +120,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             if world_seed == seeds_for("test", 1)[0]:
                 examples[variant] = out
                 examples["truth"] = {"rgb": truth_rgb, "depth": truth_depth}
-    summary = {}
+    summary = {"truth": geometry_summary(results.pop("truth"))}
     for variant, record in results.items():
         timings = record.pop("timings")
         phases = {phase: float(np.median([getattr(t, phase) for t in timings])) * 1000 for phase in
@@ -120,11 +135,32 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             "covered_frames": len(record["covered_psnr"]),
             "covered_frame_psnr_db": float(np.mean(record["covered_psnr"])) if record["covered_psnr"] else None,
             "step_ms_median": phases,
+            **geometry_summary(record),
         }
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
     return summary, examples
+
+
+def geometry(record: dict, rgb: list[np.ndarray], depth: list[np.ndarray], truth_depth: list[np.ndarray],
+             poses: np.ndarray, K: np.ndarray, observed: list[np.ndarray], floor: list[np.ndarray]) -> None:
+    """Collect the depth-geometry figures of one rollout (frames after the start) into ``record``."""
+    record["rgb"].extend(rgb[1:])
+    record["depth"].extend(depth[1:])
+    for t in range(1, len(depth)):
+        heights = heights_above_floor(depth[t], poses[t], K)
+        record["below_floor"].append(float(np.mean(heights[np.isfinite(heights)] < -FLOOR_MARGIN)))
+        imagined_floor = floor[t] & ~observed[t]
+        if imagined_floor.sum() >= 50:
+            record["floor_absrel"].append(depth_abs_rel(depth[t], truth_depth[t], imagined_floor))
+
+
+def geometry_summary(record: dict) -> dict:
+    return {"seam_ratio_depth": seam_ratio(record.pop("depth")), "seam_ratio_rgb": seam_ratio(record.pop("rgb")),
+            "below_floor_share": float(np.mean(record.pop("below_floor"))),
+            "imagined_floor_absrel": float(np.mean(record["floor_absrel"])) if record["floor_absrel"] else None,
+            "imagined_floor_frames": len(record.pop("floor_absrel"))}
 
 
 @torch.inference_mode()
@@ -198,6 +234,18 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
                      f"{fmt(s['observed_ssim'], 3)} | {fmt(s['observed_depth_absrel'], 3)} | {s['observed_frames']} | "
                      f"{fmt(s['covered_frame_psnr_db'])} | {s['covered_frames']} | "
                      f"{t['read']:.1f} / {t['denoise']:.1f} / {t['decode']:.1f} / {t['write']:.1f} = {t['total']:.1f} |")
+    lines += ["", "Depth as a planner reads it (frames after the start; ground truth first):", "",
+              "| variant | depth seam ratio | RGB seam ratio | depth points below the floor | imagined-floor depth "
+              "AbsRel | frames |", "|---|---|---|---|---|---|"]
+    for variant in ("truth", *VARIANTS):
+        s = summary[variant]
+        lines.append(f"| {variant} | {s['seam_ratio_depth']:.2f} | {s['seam_ratio_rgb']:.2f} | "
+                     f"{100 * s['below_floor_share']:.2f} % | {fmt(s['imagined_floor_absrel'], 3)} | "
+                     f"{s['imagined_floor_frames']} |")
+    lines += ["", "Seam ratio: mean gradient (log-depth, or luma) across the borders of the 8x8-pixel latent "
+              "cells over the mean gradient elsewhere (1: no grid imprint). Imagined floor: pixels the ground "
+              "truth says are floor and the start observation did not see. `latent_no_floor` does not clamp "
+              "depth to the known floor plane."]
     ae = summary["autoencoder"]
     lines += ["", f"The autoencoder alone (encode + decode of every ground-truth frame): PSNR "
               f"{ae['reconstruction_psnr_db']:.2f} dB, SSIM {ae['reconstruction_ssim']:.3f}, depth AbsRel "

@@ -92,3 +92,46 @@ def visible_in(depth: np.ndarray, cam_to_world: np.ndarray, reference_depth: np.
     ref = reference_depth[pv[inside].astype(int), pu[inside].astype(int)]
     seen[inside] = np.abs(ref - z[inside]) <= tolerance * z[inside]
     return seen
+
+
+def seam_gradients(image: np.ndarray, cell: int = 8) -> tuple[float, float]:
+    """Mean absolute neighbour difference of ``image [H,W]`` across the borders of ``cell``-pixel
+    latent cells, and everywhere else. Their ratio is the token-seam ratio: about 1 for images without
+    a grid imprint, larger where every 8x8 cell is a block of its own."""
+    x = np.asarray(image, dtype=np.float64)
+    across, within = [], []
+    for axis in (0, 1):
+        difference = np.abs(np.diff(x, axis=axis))
+        border = (np.arange(difference.shape[axis]) + 1) % cell == 0
+        border = border[:, None] if axis == 0 else border[None, :]
+        border = np.broadcast_to(border, difference.shape)
+        finite = np.isfinite(difference)
+        across.append(difference[border & finite])
+        within.append(difference[~border & finite])
+    return float(np.concatenate(across).mean()), float(np.concatenate(within).mean())
+
+
+def seam_ratio(images: list[np.ndarray], cell: int = 8) -> float:
+    """Token-seam ratio over a set of images (``seam_gradients`` pooled): RGB images are compared by
+    luma, depth maps by log-depth."""
+    borders, insides = [], []
+    for image in images:
+        array = np.asarray(image, dtype=np.float64)
+        if array.ndim == 3:
+            array = array @ np.array([0.299, 0.587, 0.114])
+        else:
+            array = np.log(np.where(array > 0, array, np.nan))
+        border, inside = seam_gradients(array, cell)
+        borders.append(border)
+        insides.append(inside)
+    return float(np.mean(borders) / max(np.mean(insides), 1e-12))
+
+
+def heights_above_floor(depth: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray,
+                        floor_height: float = 0.0) -> np.ndarray:
+    """``[H,W]`` height (m, world z up) above the floor plane of every pixel's 3D point (NaN: no depth)."""
+    height, width = depth.shape
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T
+    down = rays @ cam_to_world[2, :3]
+    return cam_to_world[2, 3] + np.where(depth > 0, depth, np.nan) * down - floor_height

@@ -18,6 +18,7 @@ import functools
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 import torch.nn.functional as F
 
 from mirage_ros.model.autoencoder import RGBDAutoencoder
@@ -120,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
     loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight)
     model = train_loop(args, model, loader, loss_fn, "autoencoder")
-    shift, scale = calibrate_latents(model, frames)
-    model.register_to_config(latent_shift=shift, scaling_factor=scale)
-    print(f"latent shift {shift:.4f}, scaling factor {scale:.4f}")
-    # Only the config changed: rewrite it next to the weights and the saved optimizer state.
-    model.save_config(args.output / "checkpoint")
+    state = PartialState()
+    if state.is_main_process:  # one process calibrates and writes
+        shift, scale = calibrate_latents(model, frames)
+        model.register_to_config(latent_shift=shift, scaling_factor=scale)
+        print(f"latent shift {shift:.4f}, scaling factor {scale:.4f}")
+        # Only the config changed: rewrite it next to the weights and the saved optimizer state.
+        model.save_config(args.output / "checkpoint")
+    state.wait_for_everyone()
     return 0
 
 

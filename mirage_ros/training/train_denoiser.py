@@ -15,6 +15,7 @@ from dataclasses import asdict
 from functools import partial
 
 import torch
+from accelerate import PartialState
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, load_component
@@ -73,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
-    sequences = load_or_build_latent_sequences(autoencoder, args.data, "train", args.output / "latents.safetensors",
-                                               args.decoder_depth)
+    state = PartialState()
+    with state.main_process_first():  # the main process encodes and caches, the others read the cache
+        sequences = load_or_build_latent_sequences(autoencoder, args.data, "train",
+                                                   args.output / "latents.safetensors", args.decoder_depth)
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
+    if state.is_main_process:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
     samples = MemoryConditionedSamples(sequences, memory_config, SampleConfig(), seed=args.seed)
 
     def collate(items: list[dict]) -> dict:
