@@ -30,9 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
-from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, depth_tensor, intrinsics_tensor,
-                                          pixel_rays, pose_tensor, smooth_surface_depth, to_pixel_grid, to_world,
-                                          zbuffer)
+from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
+                                          intrinsics_tensor, pixel_rays, pose_tensor, to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 2
@@ -404,15 +403,13 @@ class LatentSpatialMemory:
         if height % p or width % p:
             raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
         read = self.read(cam_to_world, K, (height // p, width // p))
-        # Remembered tokens are decoded as they were seen; this rescales their depth to this viewpoint.
-        scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
-        planes = None
-        if surface_depth:  # plane depth and scale joined smoothly across the cells of one surface
-            planes, pixel_scale = smooth_surface_depth(read.planes, read.depth, scale, self._rays(K, height, width))
-        else:
-            pixel_scale = to_pixel_grid(scale, p)
+        surfaces = None
+        if surface_depth:
+            # Remembered tokens are decoded as they were seen; the scale brings their depth to this view.
+            scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
+            surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                          to_pixel_grid(read.coverage, p), pixel_scale, planes)
+                          to_pixel_grid(read.coverage, p), surfaces)
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():

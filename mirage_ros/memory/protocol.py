@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from mirage_ros.memory.projection import RememberedSurfaces
+
 
 @dataclass
 class Frame:
@@ -39,17 +41,16 @@ class MemoryView:
 
     ``latent [C,h,w]`` remembered tokens (zeros where uncovered); ``coverage [h,w]`` bool; ``depth
     [h,w]`` metres of the remembered surface, 0 where uncovered; ``pixel_coverage [H,W]`` bool, what is
-    already known at image resolution. Latent memory only (``None`` otherwise): ``depth_scale [H,W]``
-    turns a remembered token's decoded depth (it encodes the depth it was seen at) into depth seen
-    from here; ``planar_depth [H,W]`` the depth on the remembered token planes, NaN where unknown.
+    already known at image resolution. ``surfaces`` (latent memory, when asked for; else ``None``):
+    the remembered tokens as surfaces, which give remembered pixels their depth once the frame is
+    decoded (``RememberedSurfaces.compose``).
     """
 
     latent: torch.Tensor
     coverage: torch.Tensor
     depth: torch.Tensor
     pixel_coverage: torch.Tensor
-    depth_scale: torch.Tensor | None = None
-    planar_depth: torch.Tensor | None = None
+    surfaces: RememberedSurfaces | None = None
 
     @property
     def coverage_fraction(self) -> float:
@@ -84,7 +85,8 @@ class SpatialMemory(Protocol):
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
                   surface_depth: bool = True) -> MemoryView:
         """The memory seen from ``cam_to_world`` (intrinsics ``K`` at ``image_hw``). ``surface_depth``:
-        also compute per-pixel depth on remembered surfaces (only needed where they are kept)."""
+        also describe the remembered surfaces (``MemoryView.surfaces``; only needed where remembered
+        tokens are kept)."""
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """Stored positions ``[N,3]`` float32 (memory frame) and display colours ``[N,3]`` uint8."""

@@ -28,15 +28,13 @@ from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
                                NoMemory, SpatialMemory, write_back)
-from mirage_ros.memory.projection import RayCache, clamp_to_floor, refine_depth_with_planes
+from mirage_ros.memory.projection import RayCache, clamp_to_floor
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
 from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
 
 MEMORY_KINDS = ("latent", "explicit", "none")
-#: Relative depth difference up to which a remembered token's plane refines its decoded depth.
-PLANE_AGREEMENT = 0.25
 #: Arithmetic of the networks: ``auto`` is bfloat16 where the hardware runs it natively (CUDA with bf16,
 #: CPUs with AVX-512 bf16/AMX: about 2x faster there), else float32.
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -326,10 +324,9 @@ class WorldModel:
             raw = self.autoencoder.decode_raw(latent[None])
         rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         rgb, depth = rgb[0], depth[0]
-        if view.planar_depth is not None:
-            # Remembered tokens: the decoded depth, rescaled from where the token was seen to here,
-            # refined to the exact depth on the token's plane where the two agree.
-            depth = refine_depth_with_planes(depth * view.depth_scale, view.planar_depth, PLANE_AGREEMENT)
+        if view.surfaces is not None:
+            # Remembered pixels: on their token planes where the decoded depth agrees (memory.projection).
+            depth = view.surfaces.compose(depth)
         if self.floor_height is not None:
             depth = clamp_to_floor(depth, self._rays(self.K, *self.image_size), cam_to_world, self.floor_height)
         timings.decode = time.perf_counter() - started
