@@ -10,6 +10,7 @@ order-independent, so results are identical run to run and on CPU and CUDA.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,41 +198,47 @@ class RememberedSurfaces:
         that straddles an edge. Where one of the four token planes lies within ``agreement``
         (relative) of the guide, the pixel takes the exact depth on the planes: the bilinear blend of
         those within ``same_surface`` of the closest one. Planes of one surface thus join without a
-        step at cell borders, and an edge stays where the decoder put it. Elsewhere the guide stays
-        (planes fitted to imagined depth can be tilted). Pixels of generated cells keep the decoded
-        depth. A plane is never used where the ray misses it or lands further than
-        ``max_deviation`` (relative) from its cell centre (grazing planes).
+        step at cell borders, and an edge stays where the decoder put it. Elsewhere the guide stays.
+        Pixels of generated cells keep the decoded depth. A plane is never used where the ray misses
+        it or lands further than ``max_deviation`` (relative) from its cell centre (grazing planes).
         """
         height, width = decoded.shape
         h, w = self.cell_depth.shape
         if height % h or width % w or height // h != width // w:
             raise ValueError(f"latent grid {h}x{w} and image {height}x{width} have different cell sizes")
-        device = decoded.device
-        index, weight = cell_neighbours(height, width, h, w, device)
-        own = to_pixel_grid(torch.arange(h * w, device=device).reshape(h, w), height // h)
-        centre = self.cell_depth.reshape(h * w).to(torch.float64)
-        covered = torch.isfinite(centre[own])
+        index, weight, is_own, own = cell_layout(height, width, h, w, decoded.device)
+        centre = self.cell_depth.reshape(h * w).float()
+        centres, own_centre = centre[index], centre[own]                                  # [4,H,W], [H,W]
+        covered = torch.isfinite(own_centre)
         # Scale: blended over the surrounding cells at a depth like the pixel's own cell's.
-        near = torch.isfinite(centre[index]) & ((centre[index] - centre[own]).abs() <= same_surface * centre[own])
-        near |= index == own
-        log_scale = torch.log(self.cell_scale.reshape(h * w).to(torch.float64))[index]
-        scale = torch.exp((weight * near * torch.nan_to_num(log_scale)).sum(0) / (weight * near).sum(0))
-        guide = decoded.to(torch.float64) * torch.where(covered, scale, torch.ones_like(scale))
+        near = (torch.isfinite(centres) & ((centres - own_centre).abs() <= same_surface * own_centre)) | is_own
+        near_weight = weight * near
+        log_scale = torch.nan_to_num(torch.log(self.cell_scale.reshape(h * w).float()))[index]
+        scale = torch.exp((near_weight * log_scale).sum(0) / near_weight.sum(0))
+        guide = decoded.float() * torch.where(covered, scale, torch.ones_like(scale))
         # Candidates: the depth on each surrounding token's plane along this pixel's ray.
-        plane = self.planes.reshape(h * w, 4).to(torch.float64)[index]                  # [4,H,W,4]
-        candidate = plane[..., 3] / (self.rays.to(torch.float64) * plane[..., :3]).sum(-1)
-        usable = (torch.isfinite(candidate) & (candidate > 0)
-                  & ((candidate - centre[index]).abs() <= max_deviation * centre[index]))
-        usable &= weight > 0  # at the image border the far neighbours repeat the near ones with weight 0
+        plane = self.planes.reshape(h * w, 4).float()
+        normals = plane[:, :3][index]                                                    # [4,H,W,3]
+        candidate = plane[:, 3][index] / (normals * self.rays.float()).sum(-1)
+        usable = (torch.isfinite(candidate) & (candidate > 0) & (weight > 0)  # weight 0: repeats at the border
+                  & ((candidate - centres).abs() <= max_deviation * centres))
         candidate = torch.where(usable, candidate, torch.full_like(candidate, float("inf")))
-        error = (candidate - guide).abs()
-        best = candidate.gather(0, error.argmin(0, keepdim=True))[0]
-        together = usable & ((candidate - best).abs() <= same_surface * best)
-        together_weight = weight * together
-        blended = (together_weight * torch.where(together, candidate, torch.zeros_like(candidate))).sum(0)
+        best = candidate.gather(0, (candidate - guide).abs().argmin(0, keepdim=True))[0]
+        together_weight = weight * (usable & ((candidate - best).abs() <= same_surface * best))
+        blended = (together_weight * torch.where(together_weight > 0, candidate, torch.zeros_like(candidate))).sum(0)
         blended = blended / together_weight.sum(0).clamp_min(1e-12)
         on_plane = covered & torch.isfinite(best) & ((best - guide).abs() <= agreement * guide)
         return torch.where(on_plane, blended, guide).to(decoded.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def cell_layout(height: int, width: int, h: int, w: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``cell_neighbours`` (indices, float32 weights), which of the four is each pixel's own cell
+    ``[4,H,W]`` and the own cell's index ``[H,W]``: fixed for an image and grid size, so kept."""
+    index, weight = cell_neighbours(height, width, h, w, device)
+    own = to_pixel_grid(torch.arange(h * w, device=device).reshape(h, w), height // h)
+    return index, weight.float(), index == own, own
 
 
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:

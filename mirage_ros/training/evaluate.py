@@ -14,6 +14,9 @@ from the first frame and generates the rest. Reported:
   the way out at the identical pose, for latent memory, explicit memory and no memory;
 - the effect of starting from the memory read where coverage is high (memory reuse on/off) and of
   keeping remembered tokens verbatim versus letting the denoiser redraw them;
+- replay: the memory built from a ground-truth mapping run through the public observation API
+  (``WorldModel.observe``), then another route through the same world, scored on the pixels the
+  mapping run saw; latent and explicit memory side by side (the paper's claim: latent is as good);
 - geometry of the depth a planner reads, beside the ground truth's: token-seam ratios of depth and
   RGB (do 8x8 latent cells show as blocks?), the share of depth points below the floor, and the
   depth AbsRel on floor pixels the start observation did not see (imagined floor);
@@ -52,6 +55,11 @@ NO_FLOOR = ("latent_no_floor",)
 #: A point counts as below the floor when it is more than this (m) under it; truth floor pixels are
 #: those less than this above it.
 FLOOR_MARGIN = 0.02
+#: Replay scenario: frames of the ground-truth mapping run, and of the other route driven afterwards.
+MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
+#: A replay frame is scored when at least this share of it was seen by the mapping run.
+REPLAY_SEEN_SHARE = 0.3
+REPLAY_VARIANTS = ("latent", "explicit")
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -77,6 +85,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                          "covered_psnr": [], "timings": [], "rgb": [], "depth": [], "below_floor": [],
                          "floor_absrel": []} for variant in ("truth", *VARIANTS)}
     reconstruction = {"psnr": [], "ssim": [], "absrel": []}
+    replayed = {variant: {"psnr": [], "absrel": []} for variant in REPLAY_VARIANTS}
     examples = {}
     for world_seed in seeds_for("test", worlds):
         world = generate_world(world_seed)
@@ -120,6 +129,10 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             if world_seed == seeds_for("test", 1)[0]:
                 examples[variant] = out
                 examples["truth"] = {"rgb": truth_rgb, "depth": truth_depth}
+        with GroundTruthRenderer(world, width, height) as renderer:
+            for variant, scores in replay(base, world, world_seed, renderer, camera, device, seed, precision).items():
+                for name, values in scores.items():
+                    replayed[variant][name].extend(values)
     summary = {"truth": geometry_summary(results.pop("truth"))}
     for variant, record in results.items():
         timings = record.pop("timings")
@@ -137,10 +150,45 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             "step_ms_median": phases,
             **geometry_summary(record),
         }
+    summary["replay"] = {variant: {"seen_psnr_db": float(np.mean(r["psnr"])) if r["psnr"] else None,
+                                   "seen_depth_absrel": float(np.mean(r["absrel"])) if r["absrel"] else None,
+                                   "frames": len(r["psnr"])} for variant, r in replayed.items()}
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
     return summary, examples
+
+
+def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
+           precision: str) -> dict[str, dict[str, list[float]]]:
+    """Map the world from a ground-truth run (``reset`` + ``observe`` of every frame), then drive another
+    route and score the pixels the mapping run saw, for each memory of ``REPLAY_VARIANTS``."""
+    mapping = generate_trajectory(world, "explore", MAPPING_FRAMES, world_seed)
+    route = generate_trajectory(world, "explore", REPLAY_FRAMES, world_seed + 1_000_003)
+    mapped = [renderer.render(pose, camera.K) for pose in mapping.cam_to_world]
+    truth = [renderer.render(pose, camera.K) for pose in route.cam_to_world]
+    seen = []
+    for (_, depth), pose in zip(truth, route.cam_to_world):
+        mask = np.zeros(depth.shape, dtype=bool)
+        for (_, map_depth), map_pose in zip(mapped, mapping.cam_to_world):
+            mask |= visible_in(depth, pose, map_depth, map_pose, camera.K)
+        seen.append(mask)
+    scores = {}
+    for variant in REPLAY_VARIANTS:
+        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=variant, sampling=base.sampling,
+                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                           floor_height=0.0)
+        model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
+        for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
+            model.observe(rgb, depth, camera.K, pose)
+        result = {"psnr": [], "absrel": []}
+        for (rgb, depth), pose, mask in zip(truth, route.cam_to_world, seen):
+            out = model.step(pose)
+            if mask.mean() >= REPLAY_SEEN_SHARE:
+                result["psnr"].append(psnr(out.rgb, rgb, mask))
+                result["absrel"].append(depth_abs_rel(out.depth, depth, mask))
+        scores[variant] = result
+    return scores
 
 
 def geometry(record: dict, rgb: list[np.ndarray], depth: list[np.ndarray], truth_depth: list[np.ndarray],
@@ -234,6 +282,13 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
                      f"{fmt(s['observed_ssim'], 3)} | {fmt(s['observed_depth_absrel'], 3)} | {s['observed_frames']} | "
                      f"{fmt(s['covered_frame_psnr_db'])} | {s['covered_frames']} | "
                      f"{t['read']:.1f} / {t['denoise']:.1f} / {t['decode']:.1f} / {t['write']:.1f} = {t['total']:.1f} |")
+    lines += ["", f"Replay: memory built from a {MAPPING_FRAMES}-frame ground-truth mapping run "
+              "(`WorldModel.reset` + `observe`), then another route of "
+              f"{REPLAY_FRAMES} frames; scored on the pixels the mapping run saw, in frames where they are at least "
+              f"{REPLAY_SEEN_SHARE:.0%} of the view:", "", "| memory | seen PSNR (dB) | seen depth AbsRel | frames |",
+              "|---|---|---|---|"]
+    for variant, r in summary["replay"].items():
+        lines.append(f"| {variant} | {fmt(r['seen_psnr_db'])} | {fmt(r['seen_depth_absrel'], 3)} | {r['frames']} |")
     lines += ["", "Depth as a planner reads it (frames after the start; ground truth first):", "",
               "| variant | depth seam ratio | RGB seam ratio | depth points below the floor | imagined-floor depth "
               "AbsRel | frames |", "|---|---|---|---|---|---|"]
