@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
-from mirage_ros.ros.rollout import rollout, tour_schedule
+from mirage_ros.ros.rollout import rollout_to_bag, tour_schedule
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 
 
@@ -37,7 +37,7 @@ def main() -> int:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
-                rollout(params, tour_schedule(args.duration), steps, Path(folder) / "bag", progress=False)
+                rollout_to_bag(params, tour_schedule(args.duration), steps, Path(folder) / "bag", progress=False)
                 best = min(best, time.perf_counter() - started)
         factors[precision] = args.duration / best
         print(f"{precision:>8}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "

@@ -100,7 +100,7 @@ PARAMETERS = [
                   "baseline) or none (ablation).", read_only=True, choices=MEMORY_KINDS),
     ParameterSpec("num_inference_steps", 4, "Denoising steps per frame where the memory does not already "
                   "cover the view.", read_only=True, low=1, high=50),
-    ParameterSpec("clamp_to_floor", True, "Generated depth never goes below the floor (points within 3 cm of "
+    ParameterSpec("clamp_to_floor", True, "Generated depth never goes below the floor (points within 6 cm of "
                   "it lie on it): the floor is where the camera's known height and pitch put it.", read_only=True),
     ParameterSpec("floor_height", 0.0, "Height of the floor in odom_frame (m); 0 when base_link is on the floor.",
                   read_only=True, low=-100.0, high=100.0),
