@@ -10,7 +10,14 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), "--worlds", "1",
                           "--frames", "8"]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
-    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder", "truth"}
+    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder", "truth", "replay"}
+    # Replay of a mapped place from another route, latent and explicit memory side by side.
+    for variant in evaluate.REPLAY_VARIANTS:
+        replayed = metrics["replay"][variant]
+        # The other route passes through the mapped room: every frame is scored on pixels mapping saw.
+        assert replayed["frames"] == evaluate.REPLAY_FRAMES
+        assert replayed["seen_psnr_db"] > 0 and 0 < replayed["seen_depth_absrel"] < 10
+    assert "| latent |" in (output / "report.md").read_text().split("Replay")[1]
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}
