@@ -8,9 +8,9 @@ from mirage_ros.training import evaluate
 def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     output = tmp_path / "report"
     assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--output", str(output), "--worlds", "1",
-                          "--frames", "8"]) == 0
+                          "--frames", "8", "--long-frames", "24"]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
-    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder", "truth", "replay"}
+    assert set(metrics) == set(evaluate.VARIANTS) | {"autoencoder", "truth", "replay", "long_rollouts"}
     # Replay of a mapped place from another route, latent and explicit memory side by side.
     for variant in evaluate.REPLAY_VARIANTS:
         replayed = metrics["replay"][variant]
@@ -18,6 +18,12 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
         assert replayed["frames"] == evaluate.REPLAY_FRAMES
         assert replayed["seen_psnr_db"] > 0 and 0 < replayed["seen_depth_absrel"] < 10
     assert "| latent |" in (output / "report.md").read_text().split("Replay")[1]
+    # Long rollouts: realism two-sample accuracies are accuracies, and consistency is measured for both.
+    long = metrics["long_rollouts"]
+    assert long["frames"] == 2 * 23
+    for name in ("realism_accuracy", "realism_accuracy_last_third", "reference_accuracy_autoencoder"):
+        assert 0.0 <= long[name] <= 1.0
+    assert long["truth_reprojection_psnr_db"] > long["reprojection_psnr_db"] > 0  # an untrained model is worse
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}

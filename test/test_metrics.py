@@ -58,3 +58,44 @@ def test_seam_ratio_sees_cell_blocks_and_not_smooth_images():
     assert seam_ratio([blocks]) > 10
     rgb = (np.repeat(np.repeat(rng.uniform(0, 255, (8, 8, 3)), 8, 0), 8, 1)).astype(np.uint8)
     assert seam_ratio([rgb]) > 10
+
+
+def test_reprojection_consistency_is_high_for_a_coherent_world_and_low_for_noise():
+    import math
+
+    from scenes import box_depth, look_at
+
+    from mirage_ros.camera import PinholeCamera
+    from mirage_ros.training.metrics import reprojection_psnr
+
+    camera = PinholeCamera.from_hfov(64, 64, math.pi / 2)
+    room = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
+    poses = [look_at((0.0, 0.1 * t, 1.0), (5.0, 0.5, 1.0)) for t in range(2)]
+    depths = [box_depth([room], pose, camera.K, 64, 64) for pose in poses]
+
+    def coloured(depth, pose):  # colour painted on the walls: a function of the 3D point
+        v, u = np.mgrid[0:64, 0:64].astype(float)
+        rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(camera.K).T
+        world = (rays * depth[..., None]) @ pose[:3, :3].T + pose[:3, 3]
+        return (127 + 120 * np.sin(3 * world)).astype(np.uint8)
+
+    frames = [coloured(d, p) for d, p in zip(depths, poses)]
+    coherent = reprojection_psnr(frames[0], depths[0], poses[0], frames[1], depths[1], poses[1], camera.K)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    incoherent = reprojection_psnr(frames[0], depths[0], poses[0], noise, depths[1], poses[1], camera.K)
+    assert coherent > 25 and incoherent < 12
+
+
+def test_two_sample_test_is_at_chance_for_the_same_frames_and_certain_for_different_ones():
+    import torch
+
+    from mirage_ros.training.realism import RealismConfig, two_sample_accuracy
+
+    rng = torch.Generator().manual_seed(0)
+    true = torch.rand(120, 4, 64, 64, generator=rng)
+    same = true[torch.randperm(120, generator=rng)]  # the same distribution of frames
+    different = true * 0.5                             # darker and nearer: easy to tell apart
+    groups = np.repeat(np.arange(3), 40)
+    config = RealismConfig(steps=80)
+    assert two_sample_accuracy(true, same, groups, config=config) <= 0.65
+    assert two_sample_accuracy(true, different, groups, config=config) >= 0.9

@@ -17,6 +17,12 @@ from the first frame and generates the rest. Reported:
 - replay: the memory built from a ground-truth mapping run through the public observation API
   (``WorldModel.observe``), then another route through the same world, scored on the pixels the
   mapping run saw; latent and explicit memory side by side (the paper's claim: latent is as good);
+- long rollouts (``LONG_FRAMES`` steps of free-space driving with look-arounds, and of turning in
+  place) with the default latent memory: realism as a two-sample test (``realism.py``: can a small
+  CNN tell generated RGB-D frames from true ones at the same poses? 0.5 = no), over the whole rollouts
+  and over their last third (drift), beside the same test against the autoencoder's reconstructions of
+  the true frames (what "indistinguishable" measures here); seam ratios over the last third; and the
+  photometric consistency of consecutive frames reprojected with their own depth, beside the truth's;
 - geometry of the depth a planner reads, beside the ground truth's: token-seam ratios of depth and
   RGB (do 8x8 latent cells show as blocks?), the share of depth points below the floor, and the
   depth AbsRel on floor pixels the start observation did not see (imagined floor);
@@ -39,7 +45,9 @@ from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.model.world_model import PRECISIONS, WorldModel
-from mirage_ros.training.metrics import depth_abs_rel, heights_above_floor, psnr, seam_ratio, ssim, visible_in
+from mirage_ros.training.metrics import (depth_abs_rel, heights_above_floor, psnr, reprojection_psnr, seam_ratio, ssim,
+                                         visible_in)
+from mirage_ros.training.realism import frame_tensor, two_sample_accuracy
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
 from mirage_ros.worlds.dataset import seeds_for
@@ -60,6 +68,9 @@ MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 #: A replay frame is scored when at least this share of it was seen by the mapping run.
 REPLAY_SEEN_SHARE = 0.3
 REPLAY_VARIANTS = ("latent", "explicit")
+#: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
+LONG_FRAMES = 150
+LONG_KINDS = ("explore", "rotate")
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -75,7 +86,7 @@ def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndar
 
 
 def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device: str,
-             precision: str = "float32") -> tuple[dict, dict]:
+             precision: str = "float32", long_frames: int = LONG_FRAMES) -> tuple[dict, dict]:
     from mirage_ros.worlds.renderer import GroundTruthRenderer
 
     base = WorldModel.from_pretrained(checkpoint, memory="latent", device=device, seed=seed, precision=precision)
@@ -86,6 +97,8 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                          "floor_absrel": []} for variant in ("truth", *VARIANTS)}
     reconstruction = {"psnr": [], "ssim": [], "absrel": []}
     replayed = {variant: {"psnr": [], "absrel": []} for variant in REPLAY_VARIANTS}
+    long = {"true": [], "generated": [], "reconstructed": [], "group": [], "last_third": [], "late_rgb": [],
+            "late_depth": [], "reprojection": [], "truth_reprojection": []}
     examples = {}
     for world_seed in seeds_for("test", worlds):
         world = generate_world(world_seed)
@@ -130,6 +143,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                 examples[variant] = out
                 examples["truth"] = {"rgb": truth_rgb, "depth": truth_depth}
         with GroundTruthRenderer(world, width, height) as renderer:
+            long_rollouts(base, world, world_seed, renderer, camera, device, seed, precision, long, long_frames)
             for variant, scores in replay(base, world, world_seed, renderer, camera, device, seed, precision).items():
                 for name, values in scores.items():
                     replayed[variant][name].extend(values)
@@ -153,10 +167,50 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     summary["replay"] = {variant: {"seen_psnr_db": float(np.mean(r["psnr"])) if r["psnr"] else None,
                                    "seen_depth_absrel": float(np.mean(r["absrel"])) if r["absrel"] else None,
                                    "frames": len(r["psnr"])} for variant, r in replayed.items()}
+    true, generated, groups = torch.stack(long["true"]), torch.stack(long["generated"]), np.array(long["group"])
+    last_third = np.array(long["last_third"])
+    summary["long_rollouts"] = {
+        "frames": len(groups), "steps_per_rollout": long_frames - 1, "kinds": list(LONG_KINDS),
+        "realism_accuracy": two_sample_accuracy(true, generated, groups),
+        "realism_accuracy_last_third": two_sample_accuracy(true, generated, groups, last_third),
+        "reference_accuracy_autoencoder": two_sample_accuracy(true, torch.stack(long["reconstructed"]), groups),
+        "seam_ratio_depth_last_third": seam_ratio(long["late_depth"]),
+        "seam_ratio_rgb_last_third": seam_ratio(long["late_rgb"]),
+        "reprojection_psnr_db": float(np.mean([v for v in long["reprojection"] if v is not None])),
+        "truth_reprojection_psnr_db": float(np.mean([v for v in long["truth_reprojection"] if v is not None]))}
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
     return summary, examples
+
+
+def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str,
+                  seed: int, precision: str, long: dict, frames: int = LONG_FRAMES) -> None:
+    """Drive ``frames`` steps of each of ``LONG_KINDS`` from a true start with the default latent memory
+    and collect what the long-rollout figures need into ``long``."""
+    for offset, kind in enumerate(LONG_KINDS):
+        trajectory = generate_trajectory(world, kind, frames, world_seed + 7919 * (offset + 1))
+        truth = [renderer.render(pose, camera.K) for pose in trajectory.cam_to_world]
+        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, sampling=base.sampling,
+                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                           floor_height=0.0)
+        out = generate_along(model, [t[0] for t in truth], [t[1] for t in truth], trajectory.cam_to_world, camera.K)
+        poses = trajectory.cam_to_world
+        for t in range(1, frames):
+            long["true"].append(frame_tensor(*truth[t]))
+            long["generated"].append(frame_tensor(out["rgb"][t], out["depth"][t]))
+            long["reconstructed"].append(frame_tensor(*autoencode(base, *truth[t])))
+            long["group"].append(world_seed)
+            late = t >= 2 * frames // 3
+            long["last_third"].append(late)
+            if late:
+                long["late_rgb"].append(out["rgb"][t])
+                long["late_depth"].append(out["depth"][t])
+            if t + 1 < frames:
+                long["reprojection"].append(reprojection_psnr(out["rgb"][t], out["depth"][t], poses[t], out["rgb"][t + 1],
+                                                              out["depth"][t + 1], poses[t + 1], camera.K))
+                long["truth_reprojection"].append(reprojection_psnr(*truth[t], poses[t], *truth[t + 1], poses[t + 1],
+                                                                    camera.K))
 
 
 def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
@@ -282,6 +336,19 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
                      f"{fmt(s['observed_ssim'], 3)} | {fmt(s['observed_depth_absrel'], 3)} | {s['observed_frames']} | "
                      f"{fmt(s['covered_frame_psnr_db'])} | {s['covered_frames']} | "
                      f"{t['read']:.1f} / {t['denoise']:.1f} / {t['decode']:.1f} / {t['write']:.1f} = {t['total']:.1f} |")
+    g = summary["long_rollouts"]
+    lines += ["", f"Long rollouts ({g['steps_per_rollout']} steps of each of {', '.join(g['kinds'])} per world, latent "
+              f"memory, {g['frames']} frames): realism two-sample accuracy (a small CNN telling generated from true "
+              "RGB-D frames at the same poses, tested on held-out worlds; 0.5 = indistinguishable) and drift:", "",
+              "| figure | generated | reference |", "|---|---|---|",
+              f"| realism accuracy, whole rollouts | {g['realism_accuracy']:.3f} | {g['reference_accuracy_autoencoder']:.3f} "
+              "(true vs the autoencoder's reconstructions of them) |",
+              f"| realism accuracy, last third (drift) | {g['realism_accuracy_last_third']:.3f} | 0.5 |",
+              f"| depth / RGB seam ratio, last third | {g['seam_ratio_depth_last_third']:.2f} / "
+              f"{g['seam_ratio_rgb_last_third']:.2f} | {summary['truth']['seam_ratio_depth']:.2f} / "
+              f"{summary['truth']['seam_ratio_rgb']:.2f} (truth) |",
+              f"| consecutive frames reprojected with their own depth: RGB PSNR over consistent pixels (dB) | "
+              f"{g['reprojection_psnr_db']:.2f} | {g['truth_reprojection_psnr_db']:.2f} (truth) |"]
     lines += ["", f"Replay: memory built from a {MAPPING_FRAMES}-frame ground-truth mapping run "
               "(`WorldModel.reset` + `observe`), then another route of "
               f"{REPLAY_FRAMES} frames; scored on the pixels the mapping run saw, in frames where they are at least "
@@ -324,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("evaluation"))
     parser.add_argument("--worlds", type=int, default=6, help="number of held-out test worlds")
     parser.add_argument("--frames", type=int, default=40, help="frames per out-and-back trajectory")
+    parser.add_argument("--long-frames", type=int, default=LONG_FRAMES,
+                        help="frames of each long rollout (drift, realism)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -331,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.long_frames < 6:
+        parser.error("--long-frames must be at least 6")
     summary, examples = evaluate(args.checkpoint, args.worlds, args.frames, args.seed, args.device,
-                                 args.precision)
+                                 args.precision, args.long_frames)
     (args.output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     bar_chart({v: summary[v]["loop_closure_psnr_db"] for v in VARIANTS}, "Loop-closure consistency (higher is better)",
               "dB", args.output / "loop_closure.png", target=28.0)

@@ -72,10 +72,10 @@ def depth_abs_rel(depth: np.ndarray, reference: np.ndarray, mask: np.ndarray | N
     return float(np.mean(np.abs(depth[valid] - reference[valid]) / reference[valid]))
 
 
-def visible_in(depth: np.ndarray, cam_to_world: np.ndarray, reference_depth: np.ndarray,
-               reference_cam_to_world: np.ndarray, K: np.ndarray, tolerance: float = 0.02) -> np.ndarray:
-    """``[H,W]`` bool: pixels of a view (true depth, pose) whose surface point was also seen by a
-    reference view (its true depth agrees within ``tolerance``), i.e. content that was observed there."""
+def project_into(depth: np.ndarray, cam_to_world: np.ndarray, reference_cam_to_world: np.ndarray,
+                 K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where every pixel's 3D point (``depth``, pose) lands in a reference camera with the same ``K``:
+    integer pixel ``(pu, pv)``, depth ``z`` there, and whether it lands inside the image, in front."""
     height, width = depth.shape
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
     rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T
@@ -88,10 +88,34 @@ def visible_in(depth: np.ndarray, cam_to_world: np.ndarray, reference_depth: np.
         pu = np.round(K[0, 0] * there[..., 0] / z + K[0, 1] * there[..., 1] / z + K[0, 2])
         pv = np.round(K[1, 1] * there[..., 1] / z + K[1, 2])
     inside = np.isfinite(depth) & (z > 0) & (pu >= 0) & (pu < width) & (pv >= 0) & (pv < height)
+    pu, pv = np.where(inside, pu, 0).astype(int), np.where(inside, pv, 0).astype(int)
+    return pu, pv, z, inside
+
+
+def visible_in(depth: np.ndarray, cam_to_world: np.ndarray, reference_depth: np.ndarray,
+               reference_cam_to_world: np.ndarray, K: np.ndarray, tolerance: float = 0.02) -> np.ndarray:
+    """``[H,W]`` bool: pixels of a view (true depth, pose) whose surface point was also seen by a
+    reference view (its true depth agrees within ``tolerance``), i.e. content that was observed there."""
+    pu, pv, z, inside = project_into(depth, cam_to_world, reference_cam_to_world, K)
     seen = np.zeros_like(inside)
-    ref = reference_depth[pv[inside].astype(int), pu[inside].astype(int)]
-    seen[inside] = np.abs(ref - z[inside]) <= tolerance * z[inside]
+    seen[inside] = np.abs(reference_depth[pv[inside], pu[inside]] - z[inside]) <= tolerance * z[inside]
     return seen
+
+
+def reprojection_psnr(rgb: np.ndarray, depth: np.ndarray, cam_to_world: np.ndarray, next_rgb: np.ndarray,
+                      next_depth: np.ndarray, next_cam_to_world: np.ndarray, K: np.ndarray,
+                      tolerance: float = 0.05) -> float | None:
+    """Photometric consistency of two consecutive frames with their own depth: the next frame's pixels
+    are carried into this frame by its depth and the known poses; PSNR (dB) of the colours over pixels
+    where the two depths agree (within ``tolerance``: the same surface, seen both ways). A world whose
+    colours, depth and motion fit together scores high. ``None`` when no pixel is consistent."""
+    pu, pv, z, inside = project_into(next_depth, next_cam_to_world, cam_to_world, K)
+    consistent = inside.copy()
+    consistent[inside] = np.abs(depth[pv[inside], pu[inside]] - z[inside]) <= tolerance * z[inside]
+    if consistent.sum() < 50:
+        return None
+    landed = np.asarray(rgb)[pv, pu]
+    return psnr(np.asarray(next_rgb), landed, consistent)
 
 
 def seam_gradients(image: np.ndarray, cell: int = 8) -> tuple[float, float]:
