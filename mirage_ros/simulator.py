@@ -186,7 +186,9 @@ class Simulator:
                 self.base.stop_at(previous)
                 pose, contact = previous, True
         cam_to_world = self.mount.camera_to_world(pose.matrix())
-        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world), contact)
+        # Generated with the simulator camera's intrinsics (those its camera_info announces), whatever the
+        # intrinsics of the start observation were.
+        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world, self.camera.K), contact)
 
     # ------------------------------------------------------------------ memory services
     def camera_pose(self) -> np.ndarray:

@@ -206,7 +206,7 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
             if late:
                 long["late_rgb"].append(out["rgb"][t])
                 long["late_depth"].append(out["depth"][t])
-            if t + 1 < frames:
+            if t + 1 < frames and not np.allclose(poses[t], poses[t + 1]):  # a frame pair with motion
                 long["reprojection"].append(reprojection_psnr(out["rgb"][t], out["depth"][t], poses[t], out["rgb"][t + 1],
                                                               out["depth"][t + 1], poses[t + 1], camera.K))
                 long["truth_reprojection"].append(reprojection_psnr(*truth[t], poses[t], *truth[t + 1], poses[t + 1],

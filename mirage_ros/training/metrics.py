@@ -108,14 +108,15 @@ def reprojection_psnr(rgb: np.ndarray, depth: np.ndarray, cam_to_world: np.ndarr
     """Photometric consistency of two consecutive frames with their own depth: the next frame's pixels
     are carried into this frame by its depth and the known poses; PSNR (dB) of the colours over pixels
     where the two depths agree (within ``tolerance``: the same surface, seen both ways). A world whose
-    colours, depth and motion fit together scores high. ``None`` when no pixel is consistent."""
+    colours, depth and motion fit together scores high (capped at 60 dB: identical colours). ``None``
+    when fewer than 50 pixels are consistent."""
     pu, pv, z, inside = project_into(next_depth, next_cam_to_world, cam_to_world, K)
     consistent = inside.copy()
     consistent[inside] = np.abs(depth[pv[inside], pu[inside]] - z[inside]) <= tolerance * z[inside]
     if consistent.sum() < 50:
         return None
     landed = np.asarray(rgb)[pv, pu]
-    return psnr(np.asarray(next_rgb), landed, consistent)
+    return min(psnr(np.asarray(next_rgb), landed, consistent), 60.0)
 
 
 def seam_gradients(image: np.ndarray, cell: int = 8) -> tuple[float, float]:

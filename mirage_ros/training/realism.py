@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 #: Side (pixels) the frames are resized to for the classifier.
-CLASSIFIER_SIZE = 64
+CLASSIFIER_SIZE = 128
 
 
 @dataclass(frozen=True)
