@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import rclpy
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -113,3 +114,14 @@ def call(client: RosTestClient, service_type, name: str, request, timeout: float
     client.spin_until(future.done, timeout=timeout, what=f"response of {name}")
     client.node.destroy_client(service)
     return future.result()
+
+
+def initial_pose_message(x: float, y: float, q: tuple[float, float, float, float],
+                         frame: str = "odom") -> PoseWithCovarianceStamped:
+    """An ``initialpose`` message (RViz "2D Pose Estimate") at ``(x, y)`` with quaternion ``q`` (x, y, z, w)."""
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id = frame
+    msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
+    o = msg.pose.pose.orientation
+    o.x, o.y, o.z, o.w = q
+    return msg

@@ -19,7 +19,7 @@ import torch
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from ros_harness import Recorder, call, node_args, node_process, ros_client, wait_until_running
+from ros_harness import Recorder, call, initial_pose_message, node_args, node_process, ros_client, wait_until_running
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from std_srvs.srv import Trigger
@@ -147,15 +147,6 @@ def corrupt_files(good: Path, folder: Path) -> dict[str, Path]:
     return files
 
 
-def pose_message(x: float, y: float, q: tuple[float, float, float, float], frame: str = "odom"):
-    msg = PoseWithCovarianceStamped()
-    msg.header.frame_id = frame
-    msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
-    o = msg.pose.pose.orientation
-    o.x, o.y, o.z, o.w = q
-    return msg
-
-
 def twist(vx: float, wz: float = 0.0, vy: float = 0.0) -> Twist:
     msg = Twist()
     msg.linear.x, msg.linear.y, msg.angular.z = vx, vy, wz
@@ -228,7 +219,7 @@ def test_no_request_takes_the_simulator_down(tiny_checkpoint, tmp_path):
                                (1.0, 0.0, (0.0, 0.0, 0.0, 0.0), "odom"), (1.0, 0.0, (0.0, 0.0, 0.0, 2.0), "odom"),
                                (1.0, 0.0, (math.nan, 0.0, 0.0, 1.0), "odom")):
             outcomes[f"initialpose {x, y, q, frame}"] = h.refused_without_change(
-                lambda m: h.initialpose.publish(m) or "ignored", pose_message(x, y, q, frame))
+                lambda m: h.initialpose.publish(m) or "ignored", initial_pose_message(x, y, q, frame))
 
         # --- parameter sets: read-only, out of range, non-finite, wrong type, unknown
         for name, value in (("rate", 5.0), ("max_linear_velocity", -1.0), ("max_linear_velocity", math.nan),
@@ -243,7 +234,7 @@ def test_no_request_takes_the_simulator_down(tiny_checkpoint, tmp_path):
 
         # --- valid requests still work afterwards, and the node is alive
         assert h.service(MemoryFile, "load_memory", MemoryFile.Request(path=str(good))).success
-        h.initialpose.publish(pose_message(1.5, -0.5, unit))
+        h.initialpose.publish(initial_pose_message(1.5, -0.5, unit))
         client.spin_for(0.3)
         assert h.step_once() == pytest.approx((1.5, -0.5), abs=1e-6)
         steps_before = recorder.statuses[-1].steps

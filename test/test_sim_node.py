@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist
-from ros_harness import ACCEL, RATE, Recorder, node_args, node_process, ros_client, wait_until_running
+from ros_harness import (ACCEL, RATE, Recorder, initial_pose_message, node_args, node_process, ros_client,
+                         wait_until_running)
 
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import image_to_array, seconds_of
@@ -75,15 +76,6 @@ def test_cmd_vel_drives_odometry_and_every_step_publishes_one_consistent_frame(t
     assert recorder.clouds and recorder.clouds[-1].header.frame_id == "odom" and recorder.clouds[-1].width > 0
 
 
-def _initial_pose(x: float, y: float, q: tuple[float, float, float, float], frame: str = "odom"):
-    msg = PoseWithCovarianceStamped()
-    msg.header.frame_id = frame
-    msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
-    o = msg.pose.pose.orientation
-    o.x, o.y, o.z, o.w = q
-    return msg
-
-
 def test_bad_input_is_rejected_and_the_node_keeps_running(tiny_checkpoint):
     with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint)) as process, \
             ros_client("vandal") as client:
@@ -95,16 +87,16 @@ def test_bad_input_is_rejected_and_the_node_keeps_running(tiny_checkpoint):
             twist = Twist()
             twist.linear.x, twist.angular.z = linear, angular
             cmd_vel.publish(twist)
-        for bad in (_initial_pose(5.0, 5.0, (0, 0, 0, 2.0)),          # non-unit quaternion
-                    _initial_pose(math.nan, 0.0, (0, 0, 0, 1.0)),     # NaN position
-                    _initial_pose(5.0, 5.0, (0, 0, 0, 1.0), "map")):  # unknown frame
+        for bad in (initial_pose_message(5.0, 5.0, (0, 0, 0, 2.0)),          # non-unit quaternion
+                    initial_pose_message(math.nan, 0.0, (0, 0, 0, 1.0)),     # NaN position
+                    initial_pose_message(5.0, 5.0, (0, 0, 0, 1.0), "map")):  # unknown frame
             initial_pose.publish(bad)
         count = len(recorder.images)
         client.spin_until(lambda: len(recorder.images) > count + 5, timeout=60, what="images after the bad input")
         assert process.poll() is None, "the node died"
         position = recorder.odometry[-1].pose.pose.position
         assert (position.x, position.y) == (0.0, 0.0), "bad input moved the robot"
-        initial_pose.publish(_initial_pose(1.5, -2.0, (0, 0, math.sin(0.25), math.cos(0.25))))
+        initial_pose.publish(initial_pose_message(1.5, -2.0, (0, 0, math.sin(0.25), math.cos(0.25))))
         client.spin_until(lambda: recorder.odometry[-1].pose.pose.position.x == pytest.approx(1.5),
                           timeout=30, what="the robot to move to the initial pose")
     output = process.stdout.read()
