@@ -33,10 +33,6 @@ class PointCloudRender:
     coverage: torch.Tensor
     depth: torch.Tensor
 
-    @property
-    def coverage_fraction(self) -> float:
-        return float(self.coverage.float().mean())
-
 
 class ExplicitPointCloudMemory:
     """Append-only RGB point cloud with a z-buffered renderer.

@@ -465,7 +465,6 @@ class LatentSpatialMemory:
         """Replace the memory with a saved one; a missing, corrupt, truncated or mismatched file (other
         patch or voxel size, feature type, or token ``channels`` when given) raises ``ValueError`` and
         leaves the current memory untouched."""
-        expected_channels = channels
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"memory file not found: {path}")
@@ -481,8 +480,8 @@ class LatentSpatialMemory:
             raise ValueError(f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}")
         try:
             saved = json.loads(metadata["config"])
-            channels, observations, write_count = (int(metadata[name]) for name in
-                                                   ("channels", "observations", "write_count"))
+            saved_channels, observations, write_count = (int(metadata[name]) for name in
+                                                         ("channels", "observations", "write_count"))
             if not isinstance(saved, dict):
                 raise TypeError(f"config is a {type(saved).__name__}, not an object")
         except (KeyError, TypeError, ValueError) as error:
@@ -495,11 +494,11 @@ class LatentSpatialMemory:
             state, tensor_channels = self._validated_state(tensors)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
-        if state["keys"].numel() and tensor_channels != channels:
-            raise ValueError(f"{path}: metadata says {channels} channels, the features have {tensor_channels}")
-        if state["keys"].numel() and expected_channels is not None and tensor_channels != expected_channels:
+        if state["keys"].numel() and tensor_channels != saved_channels:
+            raise ValueError(f"{path}: metadata says {saved_channels} channels, the features have {tensor_channels}")
+        if state["keys"].numel() and channels is not None and tensor_channels != channels:
             raise ValueError(f"{path}: the memory holds {tensor_channels}-channel tokens; this model's have "
-                             f"{expected_channels}")
+                             f"{channels}")
         if min(observations, write_count) < 0:
             raise ValueError(f"{path}: negative observation or write counts")
         self._set_state(state)

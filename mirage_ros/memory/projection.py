@@ -157,25 +157,6 @@ def to_pixel_grid(grid: torch.Tensor, factor: int) -> torch.Tensor:
     return grid.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
 
 
-def cell_neighbours(height: int, width: int, h: int, w: int, device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every pixel of an ``height x width`` image, the four latent cells (of an ``h x w`` grid)
-    whose centres surround it: flat cell indices ``[4,H,W]`` and bilinear weights ``[4,H,W]`` (summing
-    to 1; at the border the nearest cells repeat)."""
-    def axis(pixels: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position = (torch.arange(pixels, dtype=torch.float64, device=device) + 0.5) * cells / pixels - 0.5
-        low = torch.floor(position).clamp(0, cells - 1)
-        fraction = (position - low).clamp(0.0, 1.0)
-        return low.long(), (low + 1).clamp(max=cells - 1).long(), fraction
-
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
-    y0, y1, fy = y0[:, None], y1[:, None], fy[:, None]
-    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
-    weight = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
-    return index, weight
-
-
 @dataclass
 class RememberedSurfaces:
     """The remembered tokens of a view as surfaces, to give each remembered pixel its depth once the
@@ -238,11 +219,24 @@ class RememberedSurfaces:
 @functools.lru_cache(maxsize=8)
 def cell_layout(height: int, width: int, h: int, w: int, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``cell_neighbours`` (indices, float32 weights), which of the four is each pixel's own cell
-    ``[4,H,W]`` and the own cell's index ``[H,W]``: fixed for an image and grid size, so kept."""
-    index, weight = cell_neighbours(height, width, h, w, device)
+    """For every pixel of an ``height x width`` image, the four latent cells (of an ``h x w`` grid)
+    whose centres surround it: flat cell indices ``[4,H,W]``, float32 bilinear weights ``[4,H,W]``
+    (summing to 1; at the border the nearest cells repeat with weight 0), which of the four is the
+    pixel's own cell ``[4,H,W]`` and the own cell's index ``[H,W]``. Fixed per image and grid size,
+    so kept."""
+    def axis(pixels: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = (torch.arange(pixels, dtype=torch.float64, device=device) + 0.5) * cells / pixels - 0.5
+        low = torch.floor(position).clamp(0, cells - 1)
+        fraction = (position - low).clamp(0.0, 1.0)
+        return low.long(), (low + 1).clamp(max=cells - 1).long(), fraction
+
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    y0, y1, fy = y0[:, None], y1[:, None], fy[:, None]
+    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+    weight = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]).float()
     own = to_pixel_grid(torch.arange(h * w, device=device).reshape(h, w), height // h)
-    return index, weight.float(), index == own, own
+    return index, weight, index == own, own
 
 
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
