@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist
+from nav_msgs.msg import Odometry
 from ros_harness import (ACCEL, RATE, Recorder, initial_pose_message, node_args, node_process, ros_client,
                          wait_until_running)
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
 
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import image_to_array, seconds_of
+from mirage_ros.ros.sim_node import CLOCK_CHECK_PERIOD_S
 
 pytestmark = pytest.mark.ros
 
@@ -115,3 +119,23 @@ def test_shipped_config_is_accepted_and_bad_parameters_are_refused(tiny_checkpoi
     with node_process("mirage_ros.ros.sim_node", "--params-file", str(bad)) as process:
         assert process.wait(timeout=60) == 2
         assert "mirage_sim: drive: must be one of" in process.stdout.read()
+
+
+def test_a_namespaced_node_prefixes_its_frames_and_a_second_clock_owner_is_refused(tiny_checkpoint):
+    with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint), "-r", "__ns:=/robot1") as first, \
+            ros_client("fleet_manager") as client:
+        odometry, images = [], []
+        client.node.create_subscription(Odometry, "/robot1/odom", odometry.append, 10)
+        client.node.create_subscription(Image, "/robot1/camera/image_raw", images.append, 10)
+        client.spin_until(lambda: odometry and images, timeout=90, what="the namespaced simulator")
+        assert (odometry[-1].header.frame_id, odometry[-1].child_frame_id) == ("robot1/odom", "robot1/base_link")
+        assert images[-1].header.frame_id == "robot1/camera_optical_frame"
+
+        with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint), "-r", "__ns:=/robot2") as second:
+            assert second.wait(timeout=60) == 2
+            message = second.stdout.read()
+        assert "mirage_sim: publish_clock: /clock is already published by /robot1/mirage_sim" in message
+        client.node.create_publisher(Clock, "/clock", 10)  # a second clock, e.g. a bag played with --clock
+        client.spin_for(2.0 * CLOCK_CHECK_PERIOD_S + 1.0)  # discovery, then at least one check
+        assert first.poll() is None, "the clock owner stopped"
+    assert "/fleet_manager also publishes /clock" in first.stdout.read()

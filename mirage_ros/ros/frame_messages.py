@@ -27,22 +27,40 @@ STEP_TOPICS = {
 }
 
 
+#: ``frame_prefix`` value that derives the prefix from the node's namespace.
+AUTO_FRAME_PREFIX = "auto"
+
+
+def resolve_frame_prefix(value: str, namespace: str) -> str:
+    """The prefix of every published frame id: ``auto`` gives ``robot1/`` in namespace ``/robot1`` (and
+    ``fleet/robot1/`` in ``/fleet/robot1``) and nothing in the root namespace, so robots in separate
+    namespaces never share a TF frame; any other value is used as given (empty: no prefix)."""
+    if value != AUTO_FRAME_PREFIX:
+        return value
+    namespace = namespace.strip("/")
+    return f"{namespace}/" if namespace else ""
+
+
 @dataclass(frozen=True)
 class OutputConfig:
+    """What each step publishes and in which frames (already prefixed, see ``resolve_frame_prefix``)."""
+
     odom_frame: str = "odom"
     base_frame: str = "base_link"
+    camera_frame: str = "camera_link"
     optical_frame: str = "camera_optical_frame"
     scan: ScanConfig | None = ScanConfig()   # None: no LaserScan
     depth_points: bool = True                # camera-frame PointCloud2 of the depth image
 
     @classmethod
-    def from_parameters(cls, params: dict[str, Any]) -> "OutputConfig":
-        """What each step publishes, from the node's parameters."""
+    def from_parameters(cls, params: dict[str, Any], prefix: str = "") -> "OutputConfig":
+        """What each step publishes, from the node's parameters, with frame ids prefixed by ``prefix``."""
         scan = ScanConfig(min_height=params["scan_min_height"], max_height=params["scan_max_height"],
                           range_min=params["scan_range_min"], range_max=params["scan_range_max"],
                           angle_increment=params["scan_angle_increment"]) if params["publish_scan"] else None
-        return cls(odom_frame=params["odom_frame"], base_frame=params["base_frame"],
-                   optical_frame=params["optical_frame"], scan=scan, depth_points=params["publish_depth_points"])
+        return cls(odom_frame=prefix + params["odom_frame"], base_frame=prefix + params["base_frame"],
+                   camera_frame=prefix + params["camera_frame"], optical_frame=prefix + params["optical_frame"],
+                   scan=scan, depth_points=params["publish_depth_points"])
 
 
 def frame_messages(frame: SimFrame, stamp: Time, camera: PinholeCamera, mount: CameraMount,

@@ -38,7 +38,7 @@ from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import PlanarPose
 from mirage_ros.ros.bag import BagWriter, tf_message_cdr, typestore_with_package_types
 from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, time_msg
-from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
+from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages, resolve_frame_prefix
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.simulator import StartSpec, build_simulator
@@ -166,7 +166,7 @@ def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, s
         simulator.initial_pose = initial_pose
     simulator.reset()
     dt = 1.0 / params["rate"]
-    output_settings = OutputConfig.from_parameters(params)
+    output_settings = OutputConfig.from_parameters(params, resolve_frame_prefix(params["frame_prefix"], "/"))
     preview_frames = []
     with BagWriter(output) as bag:
         for topic, kind in STEP_TOPICS.items():
@@ -174,10 +174,10 @@ def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, s
         for topic, type_name in (("/clock", "rosgraph_msgs/msg/Clock"), ("/tf", "tf2_msgs/msg/TFMessage"),
                                  ("/tf_static", "tf2_msgs/msg/TFMessage"), ("/cmd_vel", "geometry_msgs/msg/Twist")):
             bag.add_topic(topic, type_name)
-        p = params
+        out = output_settings
         bag.write("/tf_static", 0, tf_message_cdr(bag.typestore, 0, [
-            (p["base_frame"], p["camera_frame"], simulator.mount.base_to_camera_link),
-            (p["camera_frame"], p["optical_frame"], OPTICAL_TO_CAMERA_LINK)]))
+            (out.base_frame, out.camera_frame, simulator.mount.base_to_camera_link),
+            (out.camera_frame, out.optical_frame, OPTICAL_TO_CAMERA_LINK)]))
         for k in tqdm(range(steps), desc=f"rollout {output.name}", unit="step", disable=not progress):
             t = k * dt
             values = schedule.at(t)
@@ -198,7 +198,7 @@ def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, s
                                                  output_settings).items():
                 bag.write_canonical("/" + topic, nanoseconds, serialize_message(message))
             bag.write("/tf", nanoseconds, tf_message_cdr(bag.typestore, nanoseconds,
-                                                         [(p["odom_frame"], p["base_frame"], frame.pose.matrix())]))
+                                                         [(out.odom_frame, out.base_frame, frame.pose.matrix())]))
             if preview is not None and k % max(1, steps // 18) == 0:
                 preview_frames.append((frame.result.rgb, frame.result.depth))
     if preview is not None and preview_frames:

@@ -29,7 +29,7 @@ from mirage_ros.model.world_model import MEMORY_KINDS, PRECISIONS
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
                                         time_msg, transform_stamped_msg, twist_from_msg)
-from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
+from mirage_ros.ros.frame_messages import AUTO_FRAME_PREFIX, STEP_TOPICS, OutputConfig, frame_messages, resolve_frame_prefix
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.spin import run_node
 from mirage_ros.simulator import CollisionConfig, base_limits, build_simulator
@@ -40,6 +40,11 @@ WARN_THROTTLE_S = 2.0
 #: Smoothing of the real-time-factor estimate (weight of the newest step).
 RTF_SMOOTHING = 0.1
 MAX_STEP_FRAMES = 1000
+#: Seconds the node waits at start-up for discovery to show a /clock publisher that is already running.
+CLOCK_DISCOVERY_S = 1.0
+UNNAMED_NODE = "a node not yet discovered by name"
+#: Seconds between checks, while running, for other nodes publishing /clock.
+CLOCK_CHECK_PERIOD_S = 2.0
 
 def _usable_device(value: str) -> str | None:
     import torch
@@ -81,6 +86,10 @@ PARAMETERS = [
     ParameterSpec("camera_frame", "camera_link", "Camera body frame (x forward, z up).", read_only=True),
     ParameterSpec("optical_frame", "camera_optical_frame", "Camera optical frame (z forward, x right, y down) "
                   "of images and camera info.", read_only=True),
+    ParameterSpec("frame_prefix", AUTO_FRAME_PREFIX, "Prefix of every published frame id: auto = the node's "
+                  "namespace (robot1/odom, robot1/base_link... under /robot1; none in the root namespace), so robots "
+                  "in separate namespaces never share a TF frame; any other value is used as given (empty: none).",
+                  read_only=True),
     ParameterSpec("horizontal_fov", 1.5708, "Horizontal field of view (rad); the image size is the model's.",
                   read_only=True, low=0.1, high=3.0),
     ParameterSpec("camera_xyz", [0.0, 0.0, 0.5], "camera_link position on base_link (m).", read_only=True,
@@ -186,7 +195,8 @@ class SimNode(Node):
         self.camera, self.mount = self.simulator.camera, self.simulator.mount
         height, width = self.camera.height, self.camera.width
         start = self.simulator.start
-        self.output = OutputConfig.from_parameters(params)
+        self.output = OutputConfig.from_parameters(params, resolve_frame_prefix(params["frame_prefix"],
+                                                                                self.get_namespace()))
         self.steps = 0
         self.sim_time = 0.0
         self.paused = False
@@ -202,7 +212,10 @@ class SimNode(Node):
                                 for topic, kind in STEP_TOPICS.items()}
         self.cloud_pub = self.create_publisher(PointCloud2, "~/memory_cloud", 2)
         self.status_pub = self.create_publisher(SimStatus, "~/status", 10)
-        self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10) if params["publish_clock"] else None
+        self.clock_pub = None
+        self._clock_rivals: set[str] = set()
+        if params["publish_clock"]:
+            self._claim_clock()
         self.tf_broadcaster = self._make_tf_broadcasters() if params["publish_tf"] else None
 
         cmd_type = TwistStamped if params["use_stamped_cmd_vel"] else Twist
@@ -221,6 +234,38 @@ class SimNode(Node):
             f"{NODE_NAME}: {params['memory']} memory, {width}x{height} camera at {params['rate']:g} Hz, "
             f"start: {start.kind}, clock {'owned' if self.clock_pub else 'followed'}")
 
+    def other_clock_publishers(self) -> set[str]:
+        """Fully qualified names of the other nodes that publish /clock (``UNNAMED_NODE`` for one whose
+        name discovery has not brought in yet)."""
+        names = {UNNAMED_NODE if info.node_name == "_NODE_NAME_UNKNOWN_" else
+                 f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                 for info in self.get_publishers_info_by_topic("/clock")}
+        return names - {self.get_fully_qualified_name()}
+
+    def _claim_clock(self) -> None:
+        """Become the one /clock publisher: refuse to start (``ValueError``) where another node already
+        publishes it, since two clocks make every consumer's time jump back and forth; one that appears
+        later is reported as an error while this node keeps its clock."""
+        deadline = time.monotonic() + CLOCK_DISCOVERY_S
+        while time.monotonic() < deadline:
+            rivals = self.other_clock_publishers()
+            if rivals and UNNAMED_NODE not in rivals:
+                break
+            time.sleep(0.05)
+        if rivals:
+            raise ValueError(f"publish_clock: /clock is already published by {', '.join(sorted(rivals))}; one node "
+                             "owns the clock: run several robots in one simulator (robots parameter) or start this "
+                             "one with publish_clock:=false")
+        self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10)
+        self.create_timer(CLOCK_CHECK_PERIOD_S, self._check_clock_rivals, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _check_clock_rivals(self) -> None:
+        new = self.other_clock_publishers() - self._clock_rivals - {UNNAMED_NODE}  # named at a later check
+        if new:
+            self.get_logger().error(f"{', '.join(sorted(new))} also publishes /clock: time now jumps back and forth "
+                                    "for every node with use_sim_time; stop it or give it publish_clock:=false")
+        self._clock_rivals |= new
+
     @property
     def base(self) -> PlanarBase:
         return self.simulator.base
@@ -234,10 +279,10 @@ class SimNode(Node):
             return None
         static = StaticTransformBroadcaster(self)
         stamp = time_msg(0.0)
-        p = self.params
+        out = self.output
         static.sendTransform([
-            transform_stamped_msg(self.mount.base_to_camera_link, stamp, p["base_frame"], p["camera_frame"]),
-            transform_stamped_msg(OPTICAL_TO_CAMERA_LINK, stamp, p["camera_frame"], p["optical_frame"])])
+            transform_stamped_msg(self.mount.base_to_camera_link, stamp, out.base_frame, out.camera_frame),
+            transform_stamped_msg(OPTICAL_TO_CAMERA_LINK, stamp, out.camera_frame, out.optical_frame)])
         return TransformBroadcaster(self)
 
     def now_seconds(self) -> float:
@@ -257,7 +302,7 @@ class SimNode(Node):
     def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
         try:
             if isinstance(msg, TwistStamped):
-                check_frame(msg.header.frame_id, self.params["base_frame"], "cmd_vel")
+                check_frame(msg.header.frame_id, self.output.base_frame, "cmd_vel")
                 msg = msg.twist
             self.base.command(*twist_from_msg(msg), stamp=self.now_seconds())
         except (ValueError, OverflowError) as error:
@@ -266,7 +311,7 @@ class SimNode(Node):
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
         """Teleport the base (RViz "2D Pose Estimate"); the pose must be in the odometry frame."""
         try:
-            check_frame(msg.header.frame_id, self.params["odom_frame"], "initialpose")
+            check_frame(msg.header.frame_id, self.output.odom_frame, "initialpose")
             pose = planar_pose_from_matrix(pose_to_matrix(msg.pose.pose))
             self.simulator.teleport(pose)
         except ValueError as error:
@@ -349,11 +394,11 @@ class SimNode(Node):
             self.step_publishers[topic].publish(message)
         if self.tf_broadcaster is not None:
             self.tf_broadcaster.sendTransform(
-                transform_stamped_msg(frame.pose.matrix(), stamp, p["odom_frame"], p["base_frame"]))
+                transform_stamped_msg(frame.pose.matrix(), stamp, self.output.odom_frame, self.output.base_frame))
         if p["memory_cloud_period"] > 0 and now - self._last_cloud_time >= p["memory_cloud_period"]:
             self._last_cloud_time = now
             points, colors = self.simulator.memory_cloud()
-            self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, p["odom_frame"]))
+            self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, self.output.odom_frame))
         self._publish_status(stamp, now, frame.result.coverage, frame.in_contact, time.perf_counter() - started)
 
     def _publish_status(self, stamp: Any, now: float, coverage: float, in_contact: bool, latency: float) -> None:
@@ -367,7 +412,7 @@ class SimNode(Node):
                            view_coverage=float(coverage),
                            step_latency=float(latency), real_time_factor=float(self._real_time_factor),
                            paused=self.paused, command_stale=self.base.command_is_stale(now), in_contact=in_contact)
-        status.header.stamp, status.header.frame_id = stamp, self.params["odom_frame"]
+        status.header.stamp, status.header.frame_id = stamp, self.output.odom_frame
         self.status_pub.publish(status)
 
 
