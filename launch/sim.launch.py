@@ -4,8 +4,12 @@
     ros2 launch mirage_ros sim.launch.py namespace:=robot1 rviz:=true record:=true
     ros2 launch mirage_ros sim.launch.py config:=/path/to/my_sim.yaml
 
-The simulator owns /clock by default (config/sim.yaml: publish_clock), so everything started here runs
-on sim time, and so should your planners (use_sim_time:=true).
+use_sim_time:=true (the default): mirage_sim owns /clock (its publish_clock follows use_sim_time, whatever
+the config file says), stamps every output with sim time advancing exactly 1/rate per step, and every node
+started here follows that clock; so should your planners (use_sim_time:=true).
+use_sim_time:=false: nobody publishes /clock; mirage_sim stamps every output with the wall clock at its
+step. Each step still advances the simulation by 1/rate, so where the model generates slower than `rate`
+the robot moves slower than real time (SimStatus.real_time_factor < 1).
 """
 
 from launch.actions import DeclareLaunchArgument, GroupAction
@@ -28,7 +32,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="",
                               description="Namespace of the simulated robot (run several side by side)."),
         DeclareLaunchArgument("use_sim_time", default_value="true",
-                              description="Nodes started here follow /clock (mirage_sim publishes it by default)."),
+                              description="true: mirage_sim owns /clock and every node here follows it; "
+                                          "false: no /clock, wall-clock stamps."),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mirage.rviz."),
         DeclareLaunchArgument("record", default_value="false",
                               description="Record the simulator's topics to a rosbag2 (MCAP) folder."),
@@ -37,7 +42,8 @@ def generate_launch_description() -> LaunchDescription:
         GroupAction([
             PushRosNamespace(namespace),
             Node(package="mirage_ros", executable="mirage_sim", name="mirage_sim",
-                 parameters=[config, {"use_sim_time": use_sim_time}], output="screen", emulate_tty=True),
+                 parameters=[config, {"use_sim_time": use_sim_time, "publish_clock": use_sim_time}],
+                 output="screen", emulate_tty=True),
             Node(package="mirage_ros", executable="mirage_record", name="mirage_record",
                  parameters=[{"output": LaunchConfiguration("bag"), "use_sim_time": use_sim_time}],
                  output="screen", condition=IfCondition(LaunchConfiguration("record"))),

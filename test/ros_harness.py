@@ -80,8 +80,10 @@ def node_process(module: str, *ros_args: str) -> Iterator[subprocess.Popen]:
 
 
 def node_args(checkpoint: Path, *extra: str) -> tuple[str, ...]:
-    """``--ros-args`` of the test simulator: ``RATE`` Hz, own clock, the given checkpoint."""
-    return ("-p", f"rate:={RATE}", "-p", "publish_clock:=true", "-p", "command_timeout:=5.0",
+    """``--ros-args`` of the test simulator: ``RATE`` Hz, own clock (with no wait for discovery to show
+    another owner: tests run one simulator at a time), the given checkpoint."""
+    return ("-p", f"rate:={RATE}", "-p", "publish_clock:=true", "-p", "clock_discovery_timeout:=0.0",
+            "-p", "command_timeout:=5.0",
             "-p", f"max_linear_acceleration:={ACCEL}", "-p", "horizontal_fov:=1.2",
             "-p", f"model_path:={checkpoint}", "-p", "memory_cloud_period:=0.5", *extra)
 

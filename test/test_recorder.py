@@ -13,18 +13,33 @@ from mcap_check import decode_every_message
 from rclpy.serialization import deserialize_message
 from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
 from rosbags.rosbag2 import Reader
+from rosgraph_msgs.msg import Clock
 
 from mirage_ros.msg import SimStatus
+from mirage_ros.ros.conversions import time_msg
 from mirage_ros.ros.recorder import DEFAULT_TOPICS, message_class
 
 pytestmark = pytest.mark.ros
 
 
+def recorder_process(bag) -> subprocess.Popen:
+    """mirage_record writing `bag`, on sim time (as the launch file starts it)."""
+    return subprocess.Popen([sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-p", f"output:={bag}",
+                             "-p", "use_sim_time:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(process: subprocess.Popen) -> str:
+    """Ctrl-C: the recorder finishes; it must exit cleanly, with no rosout error on the way out."""
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "Failed to publish log message to rosout" not in output, output
+    return output
+
+
 def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, tmp_path):
     bag = tmp_path / "rollout"
-    recorder = subprocess.Popen([sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-p",
-                                 f"output:={bag}", "-p", "use_sim_time:=true"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    recorder = recorder_process(bag)
     try:
         with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint)), ros_client("driver") as client:
             live = Recorder(client)
@@ -35,9 +50,7 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
             client.node.create_timer(0.05, lambda: cmd_vel.publish(command))
             client.spin_until(lambda: len(live.images) > 40, timeout=90, what="40 frames")
     finally:
-        recorder.send_signal(signal.SIGINT)  # Ctrl-C: the recorder finishes the bag
-        output = recorder.communicate(timeout=60)[0]
-    assert recorder.returncode == 0, output
+        stop(recorder)  # Ctrl-C: the recorder finishes the bag
     assert not (tmp_path / ".rollout.partial").exists()
 
     with Reader(bag) as reader:
@@ -71,3 +84,34 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
     assert all(b >= a for a, b in zip(bag_times, bag_times[1:]))  # sim-time receive stamps, monotonic
     assert bag_times[0] < 1e12  # sim time (seconds since start), not wall-clock epoch
     assert isinstance(messages["/mirage_sim/status"][-1][1], SimStatus)
+
+
+def test_without_clock_nothing_is_recorded_stamped_zero_and_the_recorder_says_why(tiny_checkpoint, tmp_path):
+    """A simulator that does not own /clock next to a recorder on sim time: the recorder waits, warns, and
+    records from the first /clock on; one stopped before any /clock leaves no bag."""
+    waiting, never = recorder_process(tmp_path / "waiting"), recorder_process(tmp_path / "never")
+    try:
+        with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", "publish_clock:=false")), \
+                ros_client("clock") as client:
+            live = Recorder(client)
+            cmd_vel = client.node.create_publisher(Twist, "/cmd_vel", 10)
+            wait_until_running(client, live, cmd_vel)
+            client.spin_until(lambda: client.node.count_subscribers("/camera/image_raw") >= 3, timeout=60,
+                              what="both recorders to subscribe")
+            client.spin_for(1.5)
+            never_output = stop(never)
+            clock = client.node.create_publisher(Clock, "/clock", 10)
+            ticks = iter(range(1_000_000))
+            client.node.create_timer(0.05, lambda: clock.publish(Clock(clock=time_msg(1000.0 + 0.05 * next(ticks)))))
+            client.spin_for(2.0)
+    finally:
+        output = stop(waiting)
+    assert "no bag written: no message was recorded" in never_output and "for want of /clock" in never_output
+    assert not (tmp_path / "never").exists() and not (tmp_path / ".never.partial").exists()
+    assert "no /clock has arrived" in output and "for want of /clock" in output
+    with Reader(tmp_path / "waiting") as reader:
+        stamps = {connection.topic: [] for connection in reader.connections}
+        for connection, timestamp, _ in reader.messages():
+            stamps[connection.topic].append(timestamp)
+    assert len(stamps["/camera/image_raw"]) >= 10
+    assert min(min(values) for values in stamps.values() if values) >= 1000e9  # nothing stamped before the clock

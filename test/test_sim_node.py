@@ -131,7 +131,8 @@ def test_a_namespaced_node_prefixes_its_frames_and_a_second_clock_owner_is_refus
         assert (odometry[-1].header.frame_id, odometry[-1].child_frame_id) == ("robot1/odom", "robot1/base_link")
         assert images[-1].header.frame_id == "robot1/camera_optical_frame"
 
-        with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint), "-r", "__ns:=/robot2") as second:
+        second_args = node_args(tiny_checkpoint, "-p", "clock_discovery_timeout:=10.0", "-r", "__ns:=/robot2")
+        with node_process("mirage_ros.ros.sim_node", *second_args) as second:
             assert second.wait(timeout=60) == 2
             message = second.stdout.read()
         assert "mirage_sim: publish_clock: /clock is already published by /robot1/mirage_sim" in message

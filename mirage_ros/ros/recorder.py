@@ -2,8 +2,11 @@
 
 Subscriptions are raw (messages are written as the CDR bytes that arrived, never deserialized), the
 bag streams to disk, and each message is stamped with the node clock at reception, which is sim time
-when the node runs with ``use_sim_time`` (the launch file's default). The bag is finished when the
-node shuts down (Ctrl-C); until then it sits in a hidden ``.<name>.partial`` folder.
+when the node runs with ``use_sim_time`` (the launch file's default). With ``use_sim_time`` and no
+``/clock`` yet, that clock stands at zero: such messages are not recorded (a bag stamped 0.0 s cannot be
+played back) and a warning says why every few seconds until ``/clock`` arrives. The bag is finished
+when the node shuts down (Ctrl-C); until then it sits in a hidden ``.<name>.partial`` folder, and a bag
+that recorded nothing is not kept.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.spin import run_node
 
 NODE_NAME = "mirage_record"
+WAITING_WARNING_PERIOD_S = 5.0
 
 #: Topic (relative to the recorder's namespace, or absolute) -> ROS message type.
 DEFAULT_TOPICS = {
@@ -59,6 +63,7 @@ class RecorderNode(Node):
         if params["record_memory_cloud"]:
             topics[MEMORY_CLOUD[0]] = MEMORY_CLOUD[1]
         self.bag = BagWriter(params["output"])
+        self.waiting_for_clock = 0  # messages not recorded because sim time had not started
         self.subscriptions_by_topic = {}
         for topic, type_name in topics.items():
             try:
@@ -76,13 +81,27 @@ class RecorderNode(Node):
         self.get_logger().info(f"recording {len(self.subscriptions_by_topic)} topics to {params['output']}")
 
     def _on_message(self, topic: str, data: bytes) -> None:
-        name = self.subscriptions_by_topic[topic].topic_name
-        self.bag.write(name, self.get_clock().now().nanoseconds, data)
+        stamp = self.get_clock().now().nanoseconds
+        if stamp == 0:  # use_sim_time, and no /clock has arrived yet
+            self.waiting_for_clock += 1
+            self.get_logger().warning(
+                f"use_sim_time is true but no /clock has arrived: {self.waiting_for_clock} messages not recorded "
+                "so far (start the simulator with publish_clock:=true, or record with use_sim_time:=false)",
+                throttle_duration_sec=WAITING_WARNING_PERIOD_S)
+            return
+        self.bag.write(self.subscriptions_by_topic[topic].topic_name, stamp, data)
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """Finish the bag (or drop it when it holds nothing); returns what happened, for the console
+        (the ROS context may already be shut down, so this is not logged to /rosout)."""
+        skipped = (f"; {self.waiting_for_clock} messages not recorded for want of /clock"
+                   if self.waiting_for_clock else "")
+        if not any(self.bag.counts.values()):
+            self.bag.abort()
+            return f"no bag written: no message was recorded{skipped}"
         path = self.bag.close()
         counts = ", ".join(f"{topic} {count}" for topic, count in self.bag.counts.items() if count)
-        self.get_logger().info(f"wrote {path}: {counts or 'no messages'}")
+        return f"wrote {path}: {counts}{skipped}"
 
 
 def main(args: list[str] | None = None) -> int:

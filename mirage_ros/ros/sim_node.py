@@ -40,8 +40,6 @@ WARN_THROTTLE_S = 2.0
 #: Smoothing of the real-time-factor estimate (weight of the newest step).
 RTF_SMOOTHING = 0.1
 MAX_STEP_FRAMES = 1000
-#: Seconds the node waits at start-up for discovery to show a /clock publisher that is already running.
-CLOCK_DISCOVERY_S = 1.0
 UNNAMED_NODE = "a node not yet discovered by name"
 #: Seconds between checks, while running, for other nodes publishing /clock.
 CLOCK_CHECK_PERIOD_S = 2.0
@@ -69,6 +67,9 @@ PARAMETERS = [
                   read_only=True, low=0.1, high=200.0),
     ParameterSpec("publish_clock", False, "Own /clock: publish sim time advancing one period per step "
                   "and stamp outputs with it (consumers set use_sim_time:=true).", read_only=True),
+    ParameterSpec("clock_discovery_timeout", 3.0, "Seconds from start-up within which discovery must show any "
+                  "node that already publishes /clock (then this one refuses to start with publish_clock).",
+                  read_only=True, low=0.0, high=60.0),
     ParameterSpec("drive", "diff_drive", "Base kinematics.", read_only=True, choices=DRIVES),
     ParameterSpec("max_linear_velocity", 1.0, "Linear speed limit (m/s).", low=0.01, high=20.0),
     ParameterSpec("max_angular_velocity", 1.5, "Yaw rate limit (rad/s).", low=0.01, high=20.0),
@@ -181,6 +182,7 @@ class SimNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        started = time.monotonic()  # discovery runs from here on, while the model loads
         params = declare_and_validate(self, PARAMETERS)
         self.params = params
         self.period = 1.0 / params["rate"]
@@ -215,7 +217,7 @@ class SimNode(Node):
         self.clock_pub = None
         self._clock_rivals: set[str] = set()
         if params["publish_clock"]:
-            self._claim_clock()
+            self._claim_clock(started + params["clock_discovery_timeout"])
         self.tf_broadcaster = self._make_tf_broadcasters() if params["publish_tf"] else None
 
         cmd_type = TwistStamped if params["use_stamped_cmd_vel"] else Twist
@@ -242,14 +244,14 @@ class SimNode(Node):
                  for info in self.get_publishers_info_by_topic("/clock")}
         return names - {self.get_fully_qualified_name()}
 
-    def _claim_clock(self) -> None:
+    def _claim_clock(self, deadline: float) -> None:
         """Become the one /clock publisher: refuse to start (``ValueError``) where another node already
         publishes it, since two clocks make every consumer's time jump back and forth; one that appears
-        later is reported as an error while this node keeps its clock."""
-        deadline = time.monotonic() + CLOCK_DISCOVERY_S
-        while time.monotonic() < deadline:
+        later is reported as an error while this node keeps its clock. Discovery is given until
+        ``deadline`` (monotonic seconds) to show a rival."""
+        while True:
             rivals = self.other_clock_publishers()
-            if rivals and UNNAMED_NODE not in rivals:
+            if rivals and UNNAMED_NODE not in rivals or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
         if rivals:

@@ -11,7 +11,9 @@ from rclpy.node import Node
 
 def run_node(create: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
     """Spin the node ``create()`` returns. A configuration error (``ValueError``, ``FileExistsError``)
-    prints the reason and exits with 2; a node with a ``close()`` method gets it called on the way out."""
+    prints the reason and exits with 2; a node with a ``close()`` method gets it called on the way out,
+    and what it returns is printed: by then Ctrl-C may have shut the context down, and logging through
+    the node would fail to reach /rosout."""
     rclpy.init(args=args)
     node = None
     try:
@@ -25,7 +27,7 @@ def run_node(create: Callable[[], Node], name: str, args: list[str] | None = Non
     finally:
         if node is not None:
             if hasattr(node, "close"):
-                node.close()
+                print(f"[{name}] {node.close()}", flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
