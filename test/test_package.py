@@ -82,3 +82,24 @@ def test_console_scripts_point_at_existing_functions():
     for module, function in re.findall(r"= (mirage_ros[\w.]+):(\w+)", setup_source):
         source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
         assert f"def {function}(" in source, f"{module}:{function}"
+
+
+def test_launch_file_ends_the_whole_launch_when_a_process_ends_and_checks_for_rviz2_first():
+    tree = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
+    functions = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    called = lambda where: {getattr(call.func, "id", None) for call in ast.walk(where) if isinstance(call, ast.Call)}
+    # Every process started has an on_exit handler, and that handler shuts the launch down, saying why.
+    nodes = [call for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node"]
+    assert len(nodes) == 3
+    for node in nodes:
+        handler, = [kw.value.id for kw in node.keywords if kw.arg == "on_exit"]
+        assert {"Shutdown", "LogInfo"} <= called(functions[handler])
+    # The processes are made in one function that first looks for rviz2 and raises (nothing started) without it.
+    setup = functions["launch_setup"]
+    assert all(any(node is inner for inner in ast.walk(setup)) for node in nodes)
+    lookup = next(call for call in ast.walk(setup) if isinstance(call, ast.Call)
+                  and getattr(call.func, "id", None) == "get_package_prefix")
+    assert lookup.args[0].value == "rviz2"
+    raises = [node for node in ast.walk(setup) if isinstance(node, ast.Raise)]
+    assert raises and all(raise_.lineno < nodes[0].lineno for raise_ in raises)
+    assert "OpaqueFunction" in called(functions["generate_launch_description"])
