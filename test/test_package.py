@@ -29,6 +29,25 @@ def test_package_xml_is_format_3_and_declares_what_the_code_imports():
     assert package.get_build_type() == "ament_cmake"
 
 
+#: The system (non-ROS-package) keys package.xml may use: each was looked up in ros/rosdistro's
+#: rosdep/python.yaml (commit 8468e88) and resolves on Ubuntu 24.04 (apt, or pip for the -pip keys).
+#: Keys such as python3-diffusers-pip do not exist there: those dependencies are requirements.txt's.
+RESOLVING_SYSTEM_KEYS = {"python3-numpy", "python3-yaml", "python3-transforms3d", "python3-torch", "python3-tqdm",
+                         "python3-pil", "python3-rosbags-pip", "python3-mujoco-pip", "python3-pytest",
+                         "python3-catkin-pkg"}
+
+
+def test_package_xml_uses_only_rosdep_keys_that_resolve():
+    package = parse_package(str(ROOT / "package.xml"))
+    everything = package.build_depends + package.exec_depends + package.buildtool_depends + package.test_depends
+    system_keys = {d.name for d in everything if d.name.startswith("python3-")}
+    assert system_keys <= RESOLVING_SYSTEM_KEYS, sorted(system_keys - RESOLVING_SYSTEM_KEYS)
+    # What no key covers is installed from requirements.txt, which the README's workspace recipe uses.
+    requirements = (ROOT / "requirements.txt").read_text()
+    for package_name in ("diffusers", "safetensors", "accelerate"):
+        assert re.search(rf"^{package_name}\b", requirements, re.MULTILINE), package_name
+
+
 def test_cmake_installs_interfaces_package_executables_launch_and_config():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     messages = sorted(f"{p.parent.name}/{p.name}" for p in [*(ROOT / "msg").glob("*.msg"), *(ROOT / "srv").glob("*.srv")])
