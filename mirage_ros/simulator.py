@@ -4,13 +4,17 @@ Both the ``mirage_sim`` node and the offline rollout CLI drive this class, so a 
 same frames whichever way it runs. The odometry frame is the frame of the model's memory; the start
 observation may come from elsewhere (a procedural world, files, a saved memory) and is placed at the
 base's initial pose.
+
+Several robots can share the world (``Simulator.companions``): one model, one memory, one clock; each
+robot has its own base, camera mount and initial pose in the shared odometry frame, and every step
+generates all their frames in one batched model step (``WorldModel.step_cameras``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -113,7 +117,20 @@ class SimFrame:
 
 
 @dataclass
+class Robot:
+    """One robot in a simulated world: its base, where its camera sits on it, and where it starts (in
+    the odometry frame that all robots of the world share)."""
+
+    base: PlanarBase
+    mount: CameraMount
+    initial_pose: PlanarPose = field(default_factory=PlanarPose)
+
+
+@dataclass
 class Simulator:
+    """The world model and the robots in it: robot 0 is ``base`` with ``mount`` at ``initial_pose``, the
+    ``companions`` (none for a single robot) share its world, memory and camera model."""
+
     model: WorldModel
     camera: PinholeCamera
     mount: CameraMount
@@ -121,6 +138,7 @@ class Simulator:
     start: StartSpec = field(default_factory=StartSpec)
     initial_pose: PlanarPose = field(default_factory=PlanarPose)
     collision: CollisionConfig = field(default_factory=CollisionConfig)
+    companions: list[Robot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
@@ -128,8 +146,15 @@ class Simulator:
                              f"{self.model.image_size[1]}x{self.model.image_size[0]} images")
         _ = self.start.kind  # validates the start specification
 
+    @property
+    def robots(self) -> list[Robot]:
+        """Every robot, robot 0 first (the order of ``step_robots``' frames)."""
+        return [Robot(self.base, self.mount, self.initial_pose), *self.companions]
+
     def reset(self, world_seed: int | None = None) -> None:
-        """Back to the initial pose with a fresh memory built from the start (``world_seed`` overrides it).
+        """Every robot back to its initial pose with a fresh memory built from the start (``world_seed``
+        overrides it); the start observation is robot 0's view, the others' first views continue from
+        what the memory holds where they look.
 
         All or nothing: a start that cannot be built (bad seed, unreadable files, corrupt memory)
         raises ``ValueError`` with the base, the memory and the start specification as they were.
@@ -152,48 +177,69 @@ class Simulator:
             self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
         self.start = start
         self.base.reset(self.initial_pose)
+        for robot in self.companions:
+            robot.base.reset(robot.initial_pose)
+            self.model.add_camera(robot.mount.camera_to_world(robot.initial_pose.matrix()))
 
-    def teleport(self, pose: PlanarPose) -> None:
-        """Put the base at ``pose`` at rest (RViz "2D Pose Estimate"); a pose beyond ``WORLD_LIMIT``
-        raises ``ValueError`` and the base stays where it was."""
+    def teleport(self, pose: PlanarPose, robot: int = 0) -> None:
+        """Put robot ``robot``'s base at ``pose`` at rest (RViz "2D Pose Estimate"); a pose beyond
+        ``WORLD_LIMIT`` raises ``ValueError`` and the base stays where it was."""
         check_within_world(pose)
-        self.base.reset(pose)
+        self.robots[robot].base.reset(pose)
 
     def step(self, dt: float, now: float, pose: PlanarPose | None = None) -> SimFrame:
         """Integrate the base for ``dt`` seconds (or move it to an externally given ``pose``), then
-        generate the frame its camera sees.
+        generate the frame its camera sees: ``step_robots`` for a simulator of one robot."""
+        return self.step_robots(dt, now, [pose])[0]
 
-        With collision checking, motion that brings the footprint closer to a remembered surface than
+    def step_robots(self, dt: float, now: float,
+                    poses: Sequence[PlanarPose | None] | None = None) -> list[SimFrame]:
+        """Move every robot for ``dt`` seconds (integrating its commands, or to its given pose in
+        ``poses``, one entry per robot, ``None``: integrate), then generate what all their cameras see
+        in one batched model step; one frame per robot, robot 0 first.
+
+        With collision checking, motion that brings a footprint closer to a remembered surface than
         its radius is refused (the base stops where it was); moving away from contact is allowed.
-        Driving beyond ``WORLD_LIMIT`` is refused the same way (reported as contact); a given ``pose``
-        beyond it raises ``ValueError``.
+        Driving beyond ``WORLD_LIMIT`` is refused the same way (reported as contact); a given pose
+        beyond it raises ``ValueError``. Robots do not collide with, or see, each other.
         """
-        previous = self.base.pose
+        robots = self.robots
+        poses = list(poses) if poses is not None else [None] * len(robots)
+        if len(poses) != len(robots):
+            raise ValueError(f"{len(robots)} robots, but {len(poses)} poses")
+        moves = [self._move(robot.base, dt, now, pose) for robot, pose in zip(robots, poses)]
+        cameras = [robot.mount.camera_to_world(pose.matrix()) for robot, (pose, _) in zip(robots, moves)]
+        # Generated with the simulator camera's intrinsics (those its camera_info announces), whatever the
+        # intrinsics of the start observation were.
+        results = self.model.step_cameras(cameras, self.camera.K)
+        return [SimFrame(pose, robot.base.velocity, cam_to_world, result, contact)
+                for robot, (pose, contact), cam_to_world, result in zip(robots, moves, cameras, results)]
+
+    def _move(self, base: PlanarBase, dt: float, now: float, pose: PlanarPose | None) -> tuple[PlanarPose, bool]:
+        """Move ``base`` (see ``step_robots``); returns where it is and whether motion was refused."""
+        previous = base.pose
         if pose is None:
-            pose = self.base.step(dt, now)
+            pose = base.step(dt, now)
         else:
             check_within_world(pose)
-            self.base.stop_at(pose)
-        contact = False
+            base.stop_at(pose)
         if not within_world(pose):  # the edge of the simulated world is a wall
-            self.base.stop_at(previous)
-            pose, contact = previous, True
+            base.stop_at(previous)
+            return previous, True
         if self.collision.radius > 0:
             c = self.collision
             after = self.model.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
             if after < c.radius and after < self.model.nearest_surface(previous.x, previous.y, c.min_height,
                                                                        c.max_height):
-                self.base.stop_at(previous)
-                pose, contact = previous, True
-        cam_to_world = self.mount.camera_to_world(pose.matrix())
-        # Generated with the simulator camera's intrinsics (those its camera_info announces), whatever the
-        # intrinsics of the start observation were.
-        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world, self.camera.K), contact)
+                base.stop_at(previous)
+                return previous, True
+        return pose, False
 
     # ------------------------------------------------------------------ memory services
-    def camera_pose(self) -> np.ndarray:
-        """The camera's optical-frame pose in the odometry (memory) frame, at the base's pose."""
-        return self.mount.camera_to_world(self.base.pose.matrix())
+    def camera_pose(self, robot: int = 0) -> np.ndarray:
+        """Robot ``robot``'s camera optical-frame pose in the odometry (memory) frame, at its base's pose."""
+        chosen = self.robots[robot]
+        return chosen.mount.camera_to_world(chosen.base.pose.matrix())
 
     def save_memory(self, path: str | Path) -> MemoryStats:
         """Write the memory to ``path`` (safetensors); returns what was saved. ``ValueError`` on failure,
@@ -202,9 +248,12 @@ class Simulator:
         return self.model.memory_stats()
 
     def load_memory(self, path: str | Path) -> float:
-        """Replace the memory with a saved one and continue from it at the base's current pose;
-        returns how much of the current view it covers. ``ValueError`` changes nothing."""
-        return self.model.load_memory(path, self.camera.K, self.camera_pose())
+        """Replace the memory with a saved one and continue from it at every robot's current pose;
+        returns how much of robot 0's current view it covers. ``ValueError`` changes nothing."""
+        coverage = self.model.load_memory(path, self.camera.K, self.camera_pose())
+        for index in range(1, len(self.robots)):
+            self.model.add_camera(self.camera_pose(index))
+        return coverage
 
     def memory_cloud(self) -> tuple[np.ndarray, np.ndarray]:
         """Remembered positions ``[N,3]`` (odometry frame) and display colours ``[N,3]`` uint8."""
@@ -214,10 +263,19 @@ class Simulator:
         return self.model.memory_stats()
 
 
-def build_simulator(params: dict[str, Any]) -> Simulator:
+def build_robot(settings: dict[str, Any], params: dict[str, Any]) -> Robot:
+    """A robot from its ``drive``, ``initial_pose``, ``camera_xyz`` and ``camera_rpy`` in ``settings``;
+    limits and command timeout, shared by every robot, from ``params``."""
+    return Robot(PlanarBase(settings["drive"], base_limits(params), params["command_timeout"]),
+                 CameraMount(tuple(settings["camera_xyz"]), tuple(settings["camera_rpy"])),
+                 PlanarPose(*settings["initial_pose"]))
+
+
+def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = ()) -> Simulator:
     """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
-    also what offline rollouts build."""
-    mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
+    also what offline rollouts build. ``robots``: the settings of each robot of a shared world (see
+    ``build_robot``); none: one robot set up by ``params`` itself."""
+    first, *companions = [build_robot(settings, params) for settings in (robots or [params])]
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
                                        precision=params["precision"],
@@ -226,11 +284,10 @@ def build_simulator(params: dict[str, Any]) -> Simulator:
     model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
     height, width = model.image_size
     camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
-    base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
     start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
                       K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
-    return Simulator(model, camera, mount, base, start, PlanarPose(*params["initial_pose"]),
-                     CollisionConfig.from_parameters(params))
+    return Simulator(model, camera, first.mount, first.base, start, first.initial_pose,
+                     CollisionConfig.from_parameters(params), companions)
 
 
 def base_limits(params: dict[str, Any]) -> BaseLimits:

@@ -25,13 +25,16 @@ def test_pause_step_and_reset(tiny_checkpoint):
         assert not call(client, StepFrames, "/mirage_sim/step", StepFrames.Request(frames=3)).success  # not paused
         assert call(client, Trigger, "/mirage_sim/pause", Trigger.Request()).success
         client.spin_for(0.5)
-        count = len(recorder.images)
+        count, statuses = len(recorder.images), len(recorder.statuses)
         client.spin_for(1.5)
         assert len(recorder.images) == count, "published while paused"
+        assert len(recorder.statuses) == statuses, "status published while paused (SimStatus.msg: it is not)"
         assert call(client, StepFrames, "/mirage_sim/step", StepFrames.Request(frames=3)).success
         client.spin_until(lambda: len(recorder.images) >= count + 3, timeout=30, what="3 stepped frames")
         client.spin_for(1.0)
         assert len(recorder.images) == count + 3
+        stepped = recorder.statuses[statuses:]
+        assert len(stepped) == 3 and all(status.paused for status in stepped)  # stepped frames: status says paused
         assert call(client, Trigger, "/mirage_sim/resume", Trigger.Request()).success
 
         command = Twist()

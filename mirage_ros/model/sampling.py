@@ -72,6 +72,11 @@ class DenoiserCondition:
         depth = torch.where(coverage, autoencoder.normalize_depth(memory_depth), torch.zeros_like(memory_depth))
         return cls(memory_latent, coverage.float(), depth, context, motion)
 
+    def select(self, index: list[int]) -> "DenoiserCondition":
+        """The condition of the batch items ``index`` only."""
+        return DenoiserCondition(self.memory_latent[index], self.coverage[index], self.depth[index],
+                                 self.context[index], self.motion[index])
+
     def predict_clean(self, denoiser: MemoryConditionedDenoiser, sample: torch.Tensor,
                       sigma: torch.Tensor) -> torch.Tensor:
         """The denoiser's estimate of the clean latent of ``sample`` at noise level(s) ``sigma [B]``."""
@@ -80,10 +85,18 @@ class DenoiserCondition:
 
 @dataclass
 class SampleOutput:
-    """A generated latent ``[B,C,h,w]`` and how many times the denoiser was evaluated for it."""
+    """Generated latents ``[B,C,h,w]`` and how many times the denoiser was evaluated for each."""
 
     latent: torch.Tensor
-    denoiser_calls: int
+    denoiser_calls: list[int]
+
+
+def noise_schedule(config: SamplingConfig, coverage: torch.Tensor) -> tuple[float, ...]:
+    """The noise levels one view is generated through, given its coverage ``[h,w]``; empty where
+    ``keep_remembered`` and the memory holds every token of the view (nothing to generate)."""
+    if config.keep_remembered and bool((coverage > 0.5).all()):
+        return ()
+    return tuple(config.sigmas(float(coverage.mean())))
 
 
 def sample_latent(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscreteScheduler,
@@ -94,24 +107,40 @@ def sample_latent(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEuler
     of the sample are replaced by the memory read noised to the current level (inpainting), and the
     result keeps the remembered tokens, so revisited places stay as they were and errors cannot
     compound there; a view the memory covers entirely is returned as read, without the denoiser.
+
+    Each item is generated through its own ``noise_schedule``: the items that share one (e.g. all
+    views of several cameras that the memory does not yet cover) go through the denoiser together,
+    one batched evaluation per noise level, in the order of their first item.
     """
+    schedules = [noise_schedule(config, coverage) for coverage in condition.coverage]
+    latent = condition.memory_latent.clone()
+    calls = [0] * len(schedules)
+    for sigmas in dict.fromkeys(schedules):
+        if not sigmas:
+            continue  # memory holds every token of these views: returned as read
+        index = [i for i, schedule in enumerate(schedules) if schedule == sigmas]
+        latent[index] = _denoise(denoiser, scheduler, condition.select(index), list(sigmas), config, generator)
+        for i in index:
+            calls[i] = len(sigmas)
+    return SampleOutput(latent, calls)
+
+
+def _denoise(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscreteScheduler,
+             condition: DenoiserCondition, sigmas: list[float], config: SamplingConfig,
+             generator: torch.Generator) -> torch.Tensor:
+    """The sampling loop of ``sample_latent`` over the noise levels ``sigmas``, for a batch that shares them."""
     keep = config.keep_remembered
     memory_latent = condition.memory_latent
-    if keep and bool((condition.coverage > 0.5).all()):
-        return SampleOutput(memory_latent, 0)  # memory holds every token of the view: nothing to generate
-    sigmas = config.sigmas(float(condition.coverage.mean()))
     device = memory_latent.device
     scheduler.set_timesteps(sigmas=sigmas, device=device)
     noise = torch.randn(memory_latent.shape, generator=generator, device=device)
     start = sigmas[0]
     sample = noise if start >= 1.0 else (1.0 - start) * memory_latent + start * noise
     known = condition.coverage.unsqueeze(1) if keep else torch.zeros_like(condition.coverage.unsqueeze(1))
-    calls = 0
     for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas):
         sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
         sigma_batch = sigma.reshape(1).to(device).expand(sample.shape[0])
         clean = condition.predict_clean(denoiser, sample, sigma_batch).float()
-        calls += 1
         velocity = (sample - clean) / sigma
         sample = scheduler.step(velocity, timestep, sample).prev_sample
-    return SampleOutput(known * memory_latent + (1.0 - known) * sample, calls)
+    return known * memory_latent + (1.0 - known) * sample

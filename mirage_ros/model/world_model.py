@@ -6,6 +6,10 @@ the read and on the previous frame (``sampling.py``) -> decode RGB and metric de
 generated tokens back (``memory.write_back``), placed in 3D with the decoder's own depth (no re-encode
 on the latent memory path).
 
+Several cameras can share one world (``add_camera``): ``step_cameras`` reads the memory at each, then
+generates and decodes all their frames in batched network passes, and writes each back, so what one
+camera imagined is what another sees when it looks there. ``step`` is its one-camera case.
+
 The memory is any ``SpatialMemory``, so the paper's comparison can be run: ``"latent"``
 (LatentSpatialMemory), ``"explicit"`` (an RGB-D point cloud rendered and re-encoded each step, the
 explicit-3D baseline) or ``"none"`` (no memory: the ablation); ``build_memory`` is the only place that
@@ -18,6 +22,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -80,6 +85,14 @@ class StepResult:
     coverage: float
     timings: StepTimings = field(default_factory=StepTimings)
     denoiser_calls: int = 0
+
+
+@dataclass
+class CameraTrack:
+    """What a camera's next step continues from: its last latent (the denoiser's context) and pose."""
+
+    context: torch.Tensor
+    pose: np.ndarray
 
 
 def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray) -> torch.Tensor:
@@ -171,8 +184,7 @@ class WorldModel:
         self.memory: SpatialMemory = build_memory(memory, self.memory_config, denoiser.config.latent_channels,
                                                   self._encode, self.device)
         self.K: np.ndarray | None = None
-        self._context: torch.Tensor | None = None
-        self._previous_pose: np.ndarray | None = None
+        self._cameras: list[CameraTrack] = []  # camera 0 first; empty before reset / load_memory
         self._generator = torch.Generator(device=self.device)
         self.steps = 0
 
@@ -234,14 +246,15 @@ class WorldModel:
         seed, so equal resets and poses give equal rollouts. Arguments as for ``observe``."""
         arguments = self._validated(rgb, depth, K, cam_to_world)
         self.memory.clear()
+        self._cameras = []
         self._observe(*arguments)
         self._generator.manual_seed(self.seed)
         self.steps = 0
 
     @torch.inference_mode()
     def observe(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> int:
-        """Add a real observation to the memory without clearing it; the next ``step`` continues from it
-        (its latent is the context, its pose the previous pose). Returns the memory entries written.
+        """Add a real observation to the memory without clearing it; camera 0's next step continues from
+        it (its latent is the context, its pose the previous pose). Returns the memory entries written.
 
         ``rgb`` uint8 ``[H,W,3]`` and ``depth`` float ``[H,W]`` (metres along the optical axis; NaN or
         <= 0: no depth) of any resolution, resized to the model's; ``K`` their intrinsics (3x3, at
@@ -261,7 +274,7 @@ class WorldModel:
         latent = self._encode(rgb_t[None], depth_t[None])[0]
         written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world), view=None)
         self.K = K
-        self._context, self._previous_pose = latent, cam_to_world
+        self._cameras[:1] = [CameraTrack(latent, cam_to_world)]
         return written
 
     # ------------------------------------------------------------------ memory files and queries
@@ -271,19 +284,36 @@ class WorldModel:
 
     @torch.inference_mode()
     def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
-        """Replace the memory with a saved one and continue from it at ``cam_to_world`` (``K`` at the
-        model's image size): the first step's context is the memory read there. Returns that view's
-        coverage. A corrupt file, or one made for another model (channels, patch size), raises
-        ``ValueError`` and changes nothing."""
+        """Replace the memory with a saved one and continue from it with one camera at ``cam_to_world``
+        (``K`` at the model's image size): the first step's context is the memory read there. Returns
+        that view's coverage. A corrupt file, or one made for another model (channels, patch size),
+        raises ``ValueError`` and changes nothing."""
         K = validate_intrinsics(K)
         cam_to_world = validate_transform(cam_to_world, "cam_to_world")
         self.memory.load(path, channels=self.denoiser.config.latent_channels)
-        view = self.memory.read_view(cam_to_world, K, self.image_size, surface_depth=False)
         self.K = K
-        self._context, self._previous_pose = view.latent, cam_to_world
+        self._cameras = []
+        coverage = self.add_camera(cam_to_world)
         self._generator.manual_seed(self.seed)
         self.steps = 0
+        return coverage
+
+    @torch.inference_mode()
+    def add_camera(self, cam_to_world: np.ndarray) -> float:
+        """Another camera in the same world, numbered after the others (``step_cameras`` takes their
+        poses in that order): its first step's context is the memory read at ``cam_to_world``. Returns
+        that view's coverage. Needs the intrinsics of a ``reset`` or ``load_memory`` first."""
+        if self.K is None:
+            raise RuntimeError("call reset() with an observation (or load_memory) before add_camera()")
+        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
+        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=False)
+        self._cameras.append(CameraTrack(view.latent, cam_to_world))
         return view.coverage_fraction
+
+    @property
+    def num_cameras(self) -> int:
+        """Cameras stepped together by ``step_cameras`` (1 after ``reset``, more with ``add_camera``)."""
+        return len(self._cameras)
 
     def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Stored positions ``[N,3]`` (memory frame, metres) and display colours uint8 ``[N,3]``."""
@@ -294,53 +324,71 @@ class WorldModel:
         return self.memory.stats()
 
     # ------------------------------------------------------------------ the loop
-    @torch.inference_mode()
     def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
         """Generate the frame seen from ``cam_to_world`` (4x4, optical frame -> memory frame) and
         remember what it adds. ``K``: intrinsics at the model's image size; default the last ones given
-        (``reset``, ``observe``, ``load_memory`` or an earlier step)."""
-        if self._context is None:
+        (``reset``, ``observe``, ``load_memory`` or an earlier step). The one-camera ``step_cameras``."""
+        return self.step_cameras([cam_to_world], K)[0]
+
+    @torch.inference_mode()
+    def step_cameras(self, cam_to_worlds: Sequence[np.ndarray], K: np.ndarray | None = None) -> list[StepResult]:
+        """One step of every camera (``num_cameras`` poses, in camera order; ``K`` as for ``step``).
+
+        Each camera reads the memory at its pose; their latents are then denoised together (one batched
+        denoiser pass per noise level for the cameras that share a schedule, ``sample_latent``) and
+        decoded in one batched pass; each frame is written back in camera order. All reads come
+        before any write, so cameras that see the same new place in the same step both generate it.
+        Every result carries the timings of the whole step.
+        """
+        if not self._cameras:
             raise RuntimeError("call reset() with an observation (or load_memory) before step()")
-        cam_to_world = validate_transform(cam_to_world, "cam_to_world")
+        if len(cam_to_worlds) != len(self._cameras):
+            raise ValueError(f"{len(self._cameras)} cameras, but {len(cam_to_worlds)} poses to step them to")
+        poses = [validate_transform(pose, "cam_to_world") for pose in cam_to_worlds]
         if K is not None:
             self.K = validate_intrinsics(K)
         timings = StepTimings()
         started = time.perf_counter()
-        view = self.memory.read_view(cam_to_world, self.K, self.image_size,
-                                     surface_depth=self.sampling.keep_remembered)
+        views = [self.memory.read_view(pose, self.K, self.image_size, surface_depth=self.sampling.keep_remembered)
+                 for pose in poses]
         timings.read = time.perf_counter() - started
 
         started = time.perf_counter()
-        motion = motion_features(self._previous_pose, cam_to_world).to(self.device)
-        condition = DenoiserCondition.build(view.latent[None], view.coverage[None], view.depth[None],
-                                            self._context[None], motion[None], self.autoencoder)
+        motion = torch.stack([motion_features(track.pose, pose).to(self.device)
+                              for track, pose in zip(self._cameras, poses)])
+        condition = DenoiserCondition.build(torch.stack([view.latent for view in views]),
+                                            torch.stack([view.coverage for view in views]),
+                                            torch.stack([view.depth for view in views]),
+                                            torch.stack([track.context for track in self._cameras]), motion,
+                                            self.autoencoder)
         with self._autocast():
             output = sample_latent(self.denoiser, self.scheduler, condition, self.sampling, self._generator)
-        latent = output.latent[0]
         timings.denoise = time.perf_counter() - started
 
         started = time.perf_counter()
         with self._autocast():
-            raw = self.autoencoder.decode_raw(latent[None])
-        rgb, depth = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
-        rgb, depth = rgb[0], depth[0]
-        if view.surfaces is not None:
-            # Remembered pixels: on their token planes where the decoded depth agrees (memory.projection).
-            depth = view.surfaces.compose(depth)
-        if self.floor_height is not None:
-            depth = clamp_to_floor(depth, self._rays(self.K, *self.image_size), cam_to_world, self.floor_height)
+            raw = self.autoencoder.decode_raw(output.latent)
+        rgbs, depths = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
+        frames = []
+        for rgb, depth, latent, view, pose in zip(rgbs, depths, output.latent, views, poses):
+            if view.surfaces is not None:
+                # Remembered pixels: on their token planes where the decoded depth agrees (memory.projection).
+                depth = view.surfaces.compose(depth)
+            if self.floor_height is not None:
+                depth = clamp_to_floor(depth, self._rays(self.K, *self.image_size), pose, self.floor_height)
+            frames.append(Frame(rgb, depth, latent, self.K, pose))
         timings.decode = time.perf_counter() - started
 
         started = time.perf_counter()
-        write_back(self.memory, Frame(rgb, depth, latent, self.K, cam_to_world), view)
+        for frame, view in zip(frames, views):
+            write_back(self.memory, frame, view)
         timings.write = time.perf_counter() - started
 
-        self._context = latent
-        self._previous_pose = cam_to_world
+        self._cameras = [CameraTrack(frame.latent, frame.cam_to_world) for frame in frames]
         self.steps += 1
-        rgb_u8 = (rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy()
-        return StepResult(rgb_u8, depth.float().cpu().numpy(), view.coverage_fraction, timings,
-                          output.denoiser_calls)
+        return [StepResult((frame.rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy(),
+                           frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls)
+                for frame, view, calls in zip(frames, views, output.denoiser_calls)]
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
         """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two
