@@ -12,7 +12,7 @@ from nav_msgs.msg import Odometry
 from ros_harness import (ACCEL, RATE, Recorder, initial_pose_message, node_args, node_process, ros_client,
                          wait_until_running)
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointCloud2
 
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import image_to_array, seconds_of
@@ -140,3 +140,51 @@ def test_a_namespaced_node_prefixes_its_frames_and_a_second_clock_owner_is_refus
         client.spin_for(2.0 * CLOCK_CHECK_PERIOD_S + 1.0)  # discovery, then at least one check
         assert first.poll() is None, "the clock owner stopped"
     assert "/fleet_manager also publishes /clock" in first.stdout.read()
+
+
+def test_two_robots_in_one_node_have_their_own_topics_and_frames_one_clock_and_one_world(tiny_checkpoint, tmp_path):
+    config = tmp_path / "robots.yaml"
+    config.write_text("mirage_sim:\n  ros__parameters:\n    robots: [robot1, robot2]\n    robot2:\n"
+                      "      initial_pose: [0.0, 0.0, 3.14159265]\n      drive: holonomic\n")
+    robots = ("robot1", "robot2")
+    with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "--params-file", str(config))), \
+            ros_client("fleet") as client:
+        odometry, images, statuses = ({name: [] for name in robots} for _ in range(3))
+        clocks, clouds = [], []
+        for name in robots:
+            client.node.create_subscription(Odometry, f"/{name}/odom", odometry[name].append, 50)
+            client.node.create_subscription(Image, f"/{name}/camera/image_raw", images[name].append, 50)
+            client.node.create_subscription(SimStatus, f"/{name}/mirage_sim/status", statuses[name].append, 50)
+        client.node.create_subscription(Clock, "/clock", clocks.append, 500)
+        client.node.create_subscription(PointCloud2, "/mirage_sim/memory_cloud", clouds.append, 5)
+        cmd_vel = {name: client.node.create_publisher(Twist, f"/{name}/cmd_vel", 10) for name in robots}
+        teleport = client.node.create_publisher(PoseWithCovarianceStamped, "/robot1/initialpose", 10)
+        client.spin_until(lambda: all(len(images[n]) > 2 and cmd_vel[n].get_subscription_count() for n in robots)
+                          and teleport.get_subscription_count() and clouds, timeout=90, what="both robots")
+        forward, sideways = Twist(), Twist()
+        forward.linear.x, sideways.linear.y = 0.5, 0.3
+        driving = client.node.create_timer(0.05, lambda: (cmd_vel["robot1"].publish(forward),
+                                                          cmd_vel["robot2"].publish(sideways)))
+        client.spin_until(lambda: odometry["robot1"][-1].pose.pose.position.x > 0.3
+                          and abs(odometry["robot2"][-1].pose.pose.position.y) > 0.1, timeout=60, what="both driving")
+        client.node.destroy_timer(driving)
+        assert abs(odometry["robot1"][-1].pose.pose.position.y) < 1e-9  # each robot its own base and drive
+        assert abs(odometry["robot2"][-1].pose.pose.position.x) < 1e-6
+        # robot1 never looked back; robot2 did and imagined it: robot1 sees that when it turns there.
+        turned = len(statuses["robot1"])
+        teleport.publish(initial_pose_message(0.0, 0.0, (0.0, 0.0, 1.0, 0.0), frame="robot1/odom"))
+        client.spin_until(lambda: len(statuses["robot1"]) > turned + 3, timeout=30, what="robot1 turned round")
+        assert statuses["robot1"][-1].view_coverage > 0.9
+        assert len(statuses["robot1"]) > 10 and statuses["robot1"][0].view_coverage == 1.0  # its own start view
+
+    for name in robots:
+        assert {(m.header.frame_id, m.child_frame_id) for m in odometry[name]} == {(f"{name}/odom", f"{name}/base_link")}
+        assert {m.header.frame_id for m in images[name]} == {f"{name}/camera_optical_frame"}
+        assert {m.header.frame_id for m in statuses[name]} == {f"{name}/odom"}
+    assert {m.header.frame_id for m in clouds} == {"world"}
+    ticks = np.array([seconds_of(m.clock) for m in clocks])
+    assert len(ticks) > 20 and np.all(np.diff(ticks) > 0)  # one clock: strictly increasing
+    np.testing.assert_allclose(np.diff(ticks), 1.0 / RATE, atol=1e-9)
+    # Both robots' frames of a step carry that step's one stamp.
+    stamps = {name: {seconds_of(m.header.stamp) for m in images[name]} for name in robots}
+    assert len(stamps["robot1"] & stamps["robot2"]) > 10

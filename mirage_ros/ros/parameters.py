@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                              ParameterUninitializedException)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -69,7 +70,11 @@ def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str
     errors = []
     for spec in specs:
         try:
-            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            # An empty list has no ROS type of its own (here: a string array), and a parameter file's
+            # empty list leaves such a parameter unset: it then reads as the default.
+            empty = isinstance(spec.default, list) and not spec.default
+            node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY if empty else spec.default,
+                                   spec.descriptor())
         except InvalidParameterValueException as error:  # a start-up value outside the declared range
             value = str(error).split("value: ")[-1].rsplit(":", 1)[0] if "value: " in str(error) else "?"
             errors.append(f"{spec.name}: must be within [{spec.low}, {spec.high}], got {value}")
@@ -77,7 +82,7 @@ def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str
             errors.append(f"{spec.name}: {str(error).rsplit(':', 1)[0]}")
     if errors:
         raise ValueError("; ".join(errors))
-    values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    values = {spec.name: parameter_value(node, spec) for spec in specs}
     errors = [error for spec in specs if (error := spec.error(values[spec.name]))]
     if errors:
         raise ValueError("; ".join(errors))
@@ -92,6 +97,14 @@ def declare_and_validate(node: Node, specs: Sequence[ParameterSpec]) -> dict[str
 
     node.add_on_set_parameters_callback(on_set)
     return values
+
+
+def parameter_value(node: Node, spec: ParameterSpec) -> Any:
+    """The value of a declared parameter; its default where it was declared without one and never set."""
+    try:
+        return node.get_parameter(spec.name).value
+    except ParameterUninitializedException:
+        return spec.default
 
 
 def parameters_from_yaml(path: str | Path, node_name: str, specs: Sequence[ParameterSpec],

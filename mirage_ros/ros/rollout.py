@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: v for k, v in (("seed", args.seed), ("world_seed", args.world_seed),
                                        ("model_path", args.model)) if v is not None}
         params = parameters_from_yaml(args.config or default_config(), NODE_NAME, PARAMETERS, overrides)
+        if params["robots"]:
+            raise ValueError("robots: mirage-rollout simulates one robot; several in one world run in mirage_sim")
         if args.commands:
             schedule = read_table(args.commands, ("t", "vx", "vy", "wz"), "commands")
         elif args.poses:

@@ -5,16 +5,24 @@ sees from the new pose, and publishes RGB, depth, both camera infos, odometry, T
 with one stamp. Each step advances simulated time by exactly one period, so a command sequence has the
 same result however fast this machine is; with ``publish_clock`` the node owns ``/clock`` (consumers
 run with ``use_sim_time:=true``) and generation slower than real time never breaks them.
+
+With the ``robots`` parameter one node simulates several robots in one world: each has the topics and
+frames a single-robot node in namespace ``<name>`` would have (``<name>/cmd_vel``, ``<name>/odom``,
+``<name>/odom`` -> ``<name>/base_link``, ...), all share the memory, the clock and the services, and one
+batched model step generates every robot's frame.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from geometry_msgs.msg import PoseWithCovarianceStamped, Twist, TwistStamped
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -24,15 +32,16 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
-from mirage_ros.kinematics import DRIVES, PlanarBase
+from mirage_ros.kinematics import DRIVES
 from mirage_ros.model.world_model import MEMORY_KINDS, PRECISIONS
 from mirage_ros.msg import SimStatus
 from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, point_cloud_msg, pose_to_matrix,
                                         time_msg, transform_stamped_msg, twist_from_msg)
-from mirage_ros.ros.frame_messages import AUTO_FRAME_PREFIX, STEP_TOPICS, OutputConfig, frame_messages, resolve_frame_prefix
+from mirage_ros.ros.frame_messages import (AUTO_FRAME_PREFIX, STEP_TOPICS, OutputConfig, frame_messages,
+                                           resolve_frame_prefix)
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.spin import run_node
-from mirage_ros.simulator import CollisionConfig, base_limits, build_simulator
+from mirage_ros.simulator import CollisionConfig, SimFrame, base_limits, build_simulator
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
@@ -60,6 +69,18 @@ def _usable_device(value: str) -> str | None:
 
 def _nine_values(value: Any) -> str | None:
     return None if len(value) == 9 else "needs 9 values (row-major K; all zeros: unset)"
+
+
+def _robot_names(value: Any) -> str | None:
+    names = list(value)
+    bad = [name for name in names if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name)]
+    if bad:
+        return f"robot names become namespaces and frame prefixes: a letter, then letters, digits or _; got {bad}"
+    return None if len(set(names)) == len(names) else f"robot names must be unique, got {names}"
+
+
+#: Parameters that each robot of ``robots`` sets for itself as ``<name>.<parameter>`` (default: the node's).
+PER_ROBOT = ("drive", "initial_pose", "camera_xyz", "camera_rpy")
 
 
 PARAMETERS = [
@@ -91,6 +112,14 @@ PARAMETERS = [
                   "namespace (robot1/odom, robot1/base_link... under /robot1; none in the root namespace), so robots "
                   "in separate namespaces never share a TF frame; any other value is used as given (empty: none).",
                   read_only=True),
+    ParameterSpec("robots", [], "Several robots in this one simulated world (one memory, one /clock, one "
+                  "batched model step): their names, each robot's namespace and frame prefix (robot1/cmd_vel, "
+                  "robot1/odom...), each with its own <name>.drive, <name>.initial_pose, <name>.camera_xyz and "
+                  "<name>.camera_rpy (default: the node's). Empty: one robot in the node's namespace.",
+                  read_only=True, check=_robot_names),
+    ParameterSpec("world_frame", "world", "With robots: the frame they share, the memory's; every robot's "
+                  "odometry frame coincides with it (static TF world_frame -> <name>/odom_frame, prefixed like "
+                  "every frame), and the memory cloud is published in it.", read_only=True),
     ParameterSpec("horizontal_fov", 1.5708, "Horizontal field of view (rad); the image size is the model's.",
                   read_only=True, low=0.1, high=3.0),
     ParameterSpec("camera_xyz", [0.0, 0.0, 0.5], "camera_link position on base_link (m).", read_only=True,
@@ -186,19 +215,19 @@ class SimNode(Node):
         params = declare_and_validate(self, PARAMETERS)
         self.params = params
         self.period = 1.0 / params["rate"]
+        robots = [self._declare_robot(name) for name in params["robots"]]
         try:
-            self.simulator = build_simulator(params)
+            self.simulator = build_simulator(params, robots)
         except (ValueError, OSError) as error:
             raise ValueError(f"model_path: {error}") from error
         try:
             self.simulator.reset()
         except (ValueError, OSError) as error:
             raise start_up_error(error, params) from error
-        self.camera, self.mount = self.simulator.camera, self.simulator.mount
+        self.camera = self.simulator.camera
         height, width = self.camera.height, self.camera.width
         start = self.simulator.start
-        self.output = OutputConfig.from_parameters(params, resolve_frame_prefix(params["frame_prefix"],
-                                                                                self.get_namespace()))
+        prefix = resolve_frame_prefix(params["frame_prefix"], self.get_namespace())
         self.steps = 0
         self.sim_time = 0.0
         self.paused = False
@@ -210,19 +239,17 @@ class SimNode(Node):
         reliability = (ReliabilityPolicy.RELIABLE if params["qos_reliability"] == "reliable"
                        else ReliabilityPolicy.BEST_EFFORT)
         sensor_qos = QoSProfile(depth=params["qos_depth"], reliability=reliability)
-        self.step_publishers = {topic: self.create_publisher(kind, topic, sensor_qos)
-                                for topic, kind in STEP_TOPICS.items()}
+        cmd_type = TwistStamped if params["use_stamped_cmd_vel"] else Twist
+        self.ports = [self._connect_robot(index, name, prefix, sensor_qos, cmd_type)
+                      for index, name in enumerate(params["robots"] or [""])]
+        self.memory_frame = prefix + params["world_frame"] if params["robots"] else self.ports[0].output.odom_frame
         self.cloud_pub = self.create_publisher(PointCloud2, "~/memory_cloud", 2)
-        self.status_pub = self.create_publisher(SimStatus, "~/status", 10)
         self.clock_pub = None
         self._clock_rivals: set[str] = set()
         if params["publish_clock"]:
             self._claim_clock(started + params["clock_discovery_timeout"])
         self.tf_broadcaster = self._make_tf_broadcasters() if params["publish_tf"] else None
 
-        cmd_type = TwistStamped if params["use_stamped_cmd_vel"] else Twist
-        self.create_subscription(cmd_type, "cmd_vel", self._on_cmd_vel, 10)
-        self.create_subscription(PoseWithCovarianceStamped, "initialpose", self._on_initial_pose, 10)
         self.create_service(Reset, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/pause", self._on_pause)
         self.create_service(Trigger, "~/resume", self._on_resume)
@@ -233,7 +260,8 @@ class SimNode(Node):
         # Steps are paced by the wall clock even when the node follows sim time, which it may own.
         self.timer = self.create_timer(self.period, self.step, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
-            f"{NODE_NAME}: {params['memory']} memory, {width}x{height} camera at {params['rate']:g} Hz, "
+            f"{NODE_NAME}: {len(self.ports)} robot(s), {params['memory']} memory, {width}x{height} camera at "
+            f"{params['rate']:g} Hz, "
             f"start: {start.kind}, clock {'owned' if self.clock_pub else 'followed'}")
 
     def other_clock_publishers(self) -> set[str]:
@@ -268,9 +296,24 @@ class SimNode(Node):
                                     "for every node with use_sim_time; stop it or give it publish_clock:=false")
         self._clock_rivals |= new
 
-    @property
-    def base(self) -> PlanarBase:
-        return self.simulator.base
+    def _declare_robot(self, name: str) -> dict[str, Any]:
+        """Declare robot ``name``'s own ``PER_ROBOT`` parameters (defaults: the node's); their values."""
+        specs = [replace(spec, name=f"{name}.{spec.name}", default=self.params[spec.name] if spec.name == "drive"
+                         else list(self.params[spec.name])) for spec in PARAMETERS if spec.name in PER_ROBOT]
+        values = declare_and_validate(self, specs)
+        return {spec_name.split(".", 1)[1]: value for spec_name, value in values.items()}
+
+    def _connect_robot(self, index: int, name: str, prefix: str, qos: QoSProfile, cmd_type: type) -> "RobotPorts":
+        """Robot ``index``'s topics (under ``name``/, none for the single robot) and frames (``prefix`` then
+        ``name``/): publishers, and the subscriptions that drive it."""
+        topic = (lambda relative: f"{name}/{relative}") if name else (lambda relative: relative)
+        output = OutputConfig.from_parameters(self.params, prefix + (f"{name}/" if name else ""))
+        publishers = {relative: self.create_publisher(kind, topic(relative), qos) for relative, kind in STEP_TOPICS.items()}
+        status = self.create_publisher(SimStatus, topic(f"{self.get_name()}/status") if name else "~/status", 10)
+        self.create_subscription(cmd_type, topic("cmd_vel"), lambda msg: self._on_cmd_vel(index, msg), 10)
+        self.create_subscription(PoseWithCovarianceStamped, topic("initialpose"),
+                                 lambda msg: self._on_initial_pose(index, msg), 10)
+        return RobotPorts(output, publishers, status)
 
     def _make_tf_broadcasters(self):
         try:
@@ -281,10 +324,14 @@ class SimNode(Node):
             return None
         static = StaticTransformBroadcaster(self)
         stamp = time_msg(0.0)
-        out = self.output
-        static.sendTransform([
-            transform_stamped_msg(self.mount.base_to_camera_link, stamp, out.base_frame, out.camera_frame),
-            transform_stamped_msg(OPTICAL_TO_CAMERA_LINK, stamp, out.camera_frame, out.optical_frame)])
+        transforms = []
+        for ports, robot in zip(self.ports, self.simulator.robots):
+            out = ports.output
+            transforms += [transform_stamped_msg(robot.mount.base_to_camera_link, stamp, out.base_frame, out.camera_frame),
+                           transform_stamped_msg(OPTICAL_TO_CAMERA_LINK, stamp, out.camera_frame, out.optical_frame)]
+            if self.params["robots"]:  # every robot's odometry frame is the shared world frame
+                transforms.append(transform_stamped_msg(np.eye(4), stamp, self.memory_frame, out.odom_frame))
+        static.sendTransform(transforms)
         return TransformBroadcaster(self)
 
     def now_seconds(self) -> float:
@@ -297,29 +344,31 @@ class SimNode(Node):
     def _on_parameters_set(self, parameters: list) -> None:
         for parameter in parameters:
             self.params[parameter.name] = parameter.value
-        self.base.limits = base_limits(self.params)
-        self.base.command_timeout = self.params["command_timeout"]
+        for robot in self.simulator.robots:
+            robot.base.limits = base_limits(self.params)
+            robot.base.command_timeout = self.params["command_timeout"]
         self.simulator.collision = CollisionConfig.from_parameters(self.params)
 
-    def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
+    def _on_cmd_vel(self, robot: int, msg: Twist | TwistStamped) -> None:
         try:
             if isinstance(msg, TwistStamped):
-                check_frame(msg.header.frame_id, self.output.base_frame, "cmd_vel")
+                check_frame(msg.header.frame_id, self.ports[robot].output.base_frame, "cmd_vel")
                 msg = msg.twist
-            self.base.command(*twist_from_msg(msg), stamp=self.now_seconds())
+            self.simulator.robots[robot].base.command(*twist_from_msg(msg), stamp=self.now_seconds())
         except (ValueError, OverflowError) as error:
             self.get_logger().warning(f"rejected cmd_vel: {error}", throttle_duration_sec=WARN_THROTTLE_S)
 
-    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
-        """Teleport the base (RViz "2D Pose Estimate"); the pose must be in the odometry frame."""
+    def _on_initial_pose(self, robot: int, msg: PoseWithCovarianceStamped) -> None:
+        """Teleport the base (RViz "2D Pose Estimate"); the pose must be in its odometry frame."""
         try:
-            check_frame(msg.header.frame_id, self.output.odom_frame, "initialpose")
+            check_frame(msg.header.frame_id, self.ports[robot].output.odom_frame, "initialpose")
             pose = planar_pose_from_matrix(pose_to_matrix(msg.pose.pose))
-            self.simulator.teleport(pose)
+            self.simulator.teleport(pose, robot)
         except ValueError as error:
             self.get_logger().warning(f"rejected initialpose: {error}", throttle_duration_sec=WARN_THROTTLE_S)
             return
-        self.get_logger().info(f"base moved to x={pose.x:.3f} y={pose.y:.3f} yaw={pose.yaw:.3f}")
+        self.get_logger().info(f"{self.ports[robot].output.base_frame} moved to x={pose.x:.3f} y={pose.y:.3f} "
+                               f"yaw={pose.yaw:.3f}")
 
     # ------------------------------------------------------------------ services
     @answers_failures("reset")
@@ -384,38 +433,51 @@ class SimNode(Node):
         started = time.perf_counter()
         now = self._advance_time()
         try:
-            frame = self.simulator.step(self.period, now)
+            frames = self.simulator.step_robots(self.period, now)
         except Exception as error:  # a failing model step must not take the simulator down
             self.get_logger().error(f"world model step failed: {type(error).__name__}: {error}",
                                     throttle_duration_sec=WARN_THROTTLE_S)
             return
         self.steps += 1
         stamp = time_msg(now)
-        p = self.params
-        for topic, message in frame_messages(frame, stamp, self.camera, self.mount, self.output).items():
-            self.step_publishers[topic].publish(message)
+        for ports, robot, frame in zip(self.ports, self.simulator.robots, frames):
+            for topic, message in frame_messages(frame, stamp, self.camera, robot.mount, ports.output).items():
+                ports.publishers[topic].publish(message)
         if self.tf_broadcaster is not None:
-            self.tf_broadcaster.sendTransform(
-                transform_stamped_msg(frame.pose.matrix(), stamp, self.output.odom_frame, self.output.base_frame))
-        if p["memory_cloud_period"] > 0 and now - self._last_cloud_time >= p["memory_cloud_period"]:
+            self.tf_broadcaster.sendTransform([
+                transform_stamped_msg(frame.pose.matrix(), stamp, ports.output.odom_frame, ports.output.base_frame)
+                for ports, frame in zip(self.ports, frames)])
+        period = self.params["memory_cloud_period"]
+        if period > 0 and now - self._last_cloud_time >= period:
             self._last_cloud_time = now
             points, colors = self.simulator.memory_cloud()
-            self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, self.output.odom_frame))
-        self._publish_status(stamp, now, frame.result.coverage, frame.in_contact, time.perf_counter() - started)
+            self.cloud_pub.publish(point_cloud_msg(points, colors, stamp, self.memory_frame))
+        self._publish_status(stamp, now, frames, time.perf_counter() - started)
 
-    def _publish_status(self, stamp: Any, now: float, coverage: float, in_contact: bool, latency: float) -> None:
+    def _publish_status(self, stamp: Any, now: float, frames: list[SimFrame], latency: float) -> None:
         wall = time.monotonic()
         if self._last_step_wall is not None and wall > self._last_step_wall:
             instant = self.period / (wall - self._last_step_wall)
             self._real_time_factor += RTF_SMOOTHING * (instant - self._real_time_factor)
         self._last_step_wall = wall
         memory = self.simulator.memory_stats()
-        status = SimStatus(steps=self.steps, memory_tokens=memory.entries, memory_bytes=memory.bytes,
-                           view_coverage=float(coverage),
-                           step_latency=float(latency), real_time_factor=float(self._real_time_factor),
-                           paused=self.paused, command_stale=self.base.command_is_stale(now), in_contact=in_contact)
-        status.header.stamp, status.header.frame_id = stamp, self.output.odom_frame
-        self.status_pub.publish(status)
+        for ports, robot, frame in zip(self.ports, self.simulator.robots, frames):
+            status = SimStatus(steps=self.steps, memory_tokens=memory.entries, memory_bytes=memory.bytes,
+                               view_coverage=float(frame.result.coverage), step_latency=float(latency),
+                               real_time_factor=float(self._real_time_factor), paused=self.paused,
+                               command_stale=robot.base.command_is_stale(now), in_contact=frame.in_contact)
+            status.header.stamp, status.header.frame_id = stamp, ports.output.odom_frame
+            ports.status.publish(status)
+
+
+@dataclass
+class RobotPorts:
+    """One robot's side of the node: its frame ids (``OutputConfig``), the publishers of its per-step
+    topics (by ``STEP_TOPICS`` name) and of its status."""
+
+    output: OutputConfig
+    publishers: dict[str, Any]
+    status: Any
 
 
 def main(args: list[str] | None = None) -> int:
