@@ -6,7 +6,8 @@
 
 use_sim_time:=true (the default): mirage_sim owns /clock (its publish_clock follows use_sim_time, whatever
 the config file says), stamps every output with sim time advancing exactly 1/rate per step, and every node
-started here follows that clock; so should your planners (use_sim_time:=true).
+started here follows that clock; so should your planners (use_sim_time:=true). A second launch beside it
+(namespace:=robot2) follows that clock with publish_clock:=false: only one node may own /clock.
 use_sim_time:=false: nobody publishes /clock; mirage_sim stamps every output with the wall clock at its
 step. Each step still advances the simulation by 1/rate, so where the model generates slower than `rate`
 the robot moves slower than real time (SimStatus.real_time_factor < 1).
@@ -46,11 +47,12 @@ def launch_setup(context: LaunchContext) -> list:
         except PackageNotFoundError as error:
             raise RuntimeError(NO_RVIZ) from error  # the launch prints it and exits with 1
     use_sim_time = LaunchConfiguration("use_sim_time")
+    publish_clock = LaunchConfiguration("publish_clock")
     share = FindPackageShare("mirage_ros")
     return [GroupAction([
         PushRosNamespace(LaunchConfiguration("namespace")),
         Node(package="mirage_ros", executable="mirage_sim", name="mirage_sim",
-             parameters=[LaunchConfiguration("config"), {"use_sim_time": use_sim_time, "publish_clock": use_sim_time}],
+             parameters=[LaunchConfiguration("config"), {"use_sim_time": use_sim_time, "publish_clock": publish_clock}],
              output="screen", emulate_tty=True, on_exit=end_launch),
         Node(package="mirage_ros", executable="mirage_record", name="mirage_record",
              parameters=[{"output": LaunchConfiguration("bag"), "use_sim_time": use_sim_time}],
@@ -72,6 +74,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="true",
                               description="true: mirage_sim owns /clock and every node here follows it; "
                                           "false: no /clock, wall-clock stamps."),
+        DeclareLaunchArgument("publish_clock", default_value=LaunchConfiguration("use_sim_time"),
+                              description="mirage_sim owns /clock (default: use_sim_time); false: it follows "
+                                          "another owner's /clock (a second simulator beside a first)."),
         DeclareLaunchArgument("rviz", default_value="false", description="Start RViz with config/mirage.rviz."),
         DeclareLaunchArgument("record", default_value="false",
                               description="Record the simulator's topics to a rosbag2 (MCAP) folder."),
