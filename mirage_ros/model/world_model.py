@@ -73,13 +73,15 @@ class StepTimings:
 class StepResult:
     """One generated frame: ``rgb`` uint8 ``[H,W,3]``, ``depth`` float32 ``[H,W]`` metres along the
     optical axis, the share of the latent grid the memory covered before generation, the time per
-    phase and how many denoiser evaluations it took (0: the memory held the whole view)."""
+    phase, how many denoiser evaluations it took (0: the memory held the whole view) and the generated
+    ``latent`` ``[C,h,w]`` (what the memory stored; training on the model's own rollouts uses it)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     coverage: float
     timings: StepTimings = field(default_factory=StepTimings)
     denoiser_calls: int = 0
+    latent: torch.Tensor | None = None
 
 
 def motion_features(previous_cam_to_world: np.ndarray, cam_to_world: np.ndarray) -> torch.Tensor:
@@ -340,7 +342,7 @@ class WorldModel:
         self.steps += 1
         rgb_u8 = (rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy()
         return StepResult(rgb_u8, depth.float().cpu().numpy(), view.coverage_fraction, timings,
-                          output.denoiser_calls)
+                          output.denoiser_calls, latent.float().cpu())
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
         """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two
