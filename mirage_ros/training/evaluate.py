@@ -67,10 +67,19 @@ FLOOR_MARGIN = 0.02
 MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 #: A replay frame is scored when at least this share of it was seen by the mapping run.
 REPLAY_SEEN_SHARE = 0.3
-REPLAY_VARIANTS = ("latent", "explicit")
+REPLAY_VARIANTS = ("latent", "latent_redraw", "explicit")
 #: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
 LONG_FRAMES = 150
 LONG_KINDS = ("explore", "rotate")
+
+
+def variant_model(base: WorldModel, variant: str, device: str, seed: int, precision: str) -> WorldModel:
+    """A fresh world model with ``base``'s weights, set up as the evaluation ``variant`` (``VARIANTS``)."""
+    return WorldModel(base.autoencoder, base.denoiser, base.image_size,
+                      memory="latent" if variant.startswith("latent") else variant,
+                      sampling=replace(base.sampling, **VARIANT_SAMPLING.get(variant, {})),
+                      memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                      floor_height=None if variant in NO_FLOOR else 0.0)
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -119,11 +128,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
         geometry(results["truth"], truth_rgb, truth_depth, truth_depth, trajectory.cam_to_world, camera.K, observed,
                  floor)
         for variant in VARIANTS:
-            memory = "latent" if variant.startswith("latent") else variant
-            sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
-            model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
-                               memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                               floor_height=None if variant in NO_FLOOR else 0.0)
+            model = variant_model(base, variant, device, seed, precision)
             out = generate_along(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
             record = results[variant]
             geometry(record, out["rgb"], out["depth"], truth_depth, trajectory.cam_to_world, camera.K, observed, floor)
@@ -191,9 +196,7 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
     for offset, kind in enumerate(LONG_KINDS):
         trajectory = generate_trajectory(world, kind, frames, world_seed + 7919 * (offset + 1))
         truth = [renderer.render(pose, camera.K) for pose in trajectory.cam_to_world]
-        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, sampling=base.sampling,
-                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                           floor_height=0.0)
+        model = variant_model(base, "latent", device, seed, precision)
         out = generate_along(model, [t[0] for t in truth], [t[1] for t in truth], trajectory.cam_to_world, camera.K)
         poses = trajectory.cam_to_world
         for t in range(1, frames):
@@ -229,9 +232,7 @@ def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCa
         seen.append(mask)
     scores = {}
     for variant in REPLAY_VARIANTS:
-        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=variant, sampling=base.sampling,
-                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                           floor_height=0.0)
+        model = variant_model(base, variant, device, seed, precision)
         model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
         for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
             model.observe(rgb, depth, camera.K, pose)
