@@ -16,8 +16,9 @@ from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK, make_transform, rpy_to_m
 from mirage_ros.kinematics import BodyTwist, PlanarPose
 from mirage_ros.ros import rollout
 from mirage_ros.ros.bag import BagWriter, tf_message_cdr
-from mirage_ros.ros.conversions import camera_info_msg, depth_image_msg, odometry_msg, rgb_image_msg, time_msg
+from mirage_ros.ros.conversions import camera_info_msg, depth_image_msg, odometry_msg, time_msg
 from mirage_ros.ros.recording import RecordingOptions, read_recording
+from mirage_ros.worlds import dataset
 
 CAMERA = PinholeCamera.from_matrix(np.array([[50.0, 0, 39.5], [0, 52.0, 29.5], [0, 0, 1]]), 80, 60)
 BASE_TO_CAMERA_LINK = make_transform(rpy_to_matrix((0.0, 0.2, 0.0)), (0.1, 0.0, 0.4))
@@ -51,7 +52,8 @@ def colour_message(rgb: np.ndarray, encoding: str, stamp, frame: str) -> Image:
 
 
 def write_recording(path: Path, rgb_encoding: str = "rgb8", depth_encoding: str = "32FC1", depth_offset: float = 0.0,
-                    skip_topics: tuple[str, ...] = (), odometry: bool = True, tf: bool = True) -> Path:
+                    skip_topics: tuple[str, ...] = (), odometry: bool = True, tf: bool = True,
+                    frames: int = FRAMES) -> Path:
     """A small RGB-D recording like a robot's: 10 Hz camera, odometry and/or TF, static camera chain."""
     topics = {"/camera/image_raw": "sensor_msgs/msg/Image", "/camera/depth/image_raw": "sensor_msgs/msg/Image",
               "/camera/camera_info": "sensor_msgs/msg/CameraInfo", "/odom": "nav_msgs/msg/Odometry",
@@ -72,7 +74,7 @@ def write_recording(path: Path, rgb_encoding: str = "rgb8", depth_encoding: str 
         write("/tf_static", 0.0, tf_message_cdr(bag.typestore, 0, [("base_link", "camera_link", BASE_TO_CAMERA_LINK),
                                                                    ("camera_link", "camera_optical_frame",
                                                                     OPTICAL_TO_CAMERA_LINK)]))
-        for k in range(FRAMES):
+        for k in range(frames):
             t = 1.0 + 0.1 * k
             stamp = time_msg(t)
             pose = base_pose(k)
@@ -169,3 +171,28 @@ def test_a_corrupt_chunk_fails_clearly(tmp_path, tiny_checkpoint, capsys):
     assert rollout.main(["--model", str(tiny_checkpoint), "--output", str(tmp_path / "out"), "--map-bag", str(path),
                          "--duration", "0.3"]) == 2
     assert "cannot" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_dataset_from_recordings_round_trip_with_the_split_rule(tmp_path, capsys):
+    bag = write_recording(tmp_path / "bag", frames=12)
+    output = tmp_path / "data"
+    assert dataset.main(["--output", str(output), "--from-bag", str(bag), "--frames", "2", "--width", "80",
+                         "--height", "60"]) == 0
+    train, val = dataset.SequenceDataset(output, "train"), dataset.SequenceDataset(output, "val")
+    assert (len(train), len(val)) == (5, 1) and not (output / "test").exists()  # sequence 5 of 6 validates
+    items = {item["world_seed"]: item for item in [*train, *val]}
+    for k in range(1, 7):
+        item = items[k]
+        for offset in range(2):
+            frame = 2 * (k - 1) + offset
+            np.testing.assert_array_equal(item["rgb"][offset].numpy(), rgb_of(frame))
+            np.testing.assert_allclose(item["depth"][offset].numpy(), depth_of(frame))
+            np.testing.assert_allclose(item["cam_to_world"][offset].numpy(), expected_camera(frame), atol=1e-9)
+        np.testing.assert_allclose(item["K"].numpy(), CAMERA.K)
+    resized = tmp_path / "small"
+    assert dataset.main(["--output", str(resized), "--from-bag", str(bag), "--frames", "2", "--width", "40",
+                         "--height", "30"]) == 0
+    assert dataset.SequenceDataset(resized, "train")[0]["rgb"].shape == (2, 30, 40, 3)
+    broken = write_recording(tmp_path / "broken", skip_topics=("/camera/camera_info",))
+    assert dataset.main(["--output", str(tmp_path / "never"), "--from-bag", str(bag), str(broken)]) == 2
+    assert "no camera info topic" in capsys.readouterr().err and not (tmp_path / "never").exists()
