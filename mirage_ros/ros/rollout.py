@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import PlanarPose
+from mirage_ros.model.world_model import MEMORY_KINDS
 from mirage_ros.ros.bag import BagWriter, tf_message_cdr
 from mirage_ros.ros.conversions import time_msg
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-bag", type=Path, help="start from the first RGB-D frame of this bag")
     parser.add_argument("--map-bag", type=Path, help="build the memory from every usable RGB-D frame of this bag "
                         "(a recorded place), then drive the route through it")
+    parser.add_argument("--memory", choices=MEMORY_KINDS, default=None, help="spatial memory (default: the config's)")
     parser.add_argument("--renderer", choices=RENDERERS, default=None, help="model (learned) or ground_truth "
                         "(the procedural world itself); default: the config's")
     parser.add_argument("--output", type=Path, required=True, help="bag folder (with --batch: parent folder)")
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         overrides = {k: v for k, v in (("seed", args.seed), ("world_seed", args.world_seed),
-                                       ("model_path", args.model), ("renderer", args.renderer)) if v is not None}
+                                       ("model_path", args.model), ("renderer", args.renderer),
+                                       ("memory", args.memory)) if v is not None}
         params = parameters_from_yaml(args.config or default_config(), NODE_NAME, PARAMETERS, overrides)
         if args.commands:
             schedule = read_table(args.commands, ("t", "vx", "vy", "wz"), "commands")

@@ -16,6 +16,7 @@ import numpy as np
 
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.geometry import invert_transform
+from mirage_ros.kinematics import PlanarPose
 from mirage_ros.memory import MemoryStats
 from mirage_ros.model.world_model import StepResult
 from mirage_ros.worlds.generator import World, generate_world
@@ -90,3 +91,14 @@ class GroundTruthFrames:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+def poses_in_odom(world: World, base_poses: np.ndarray, initial_pose: PlanarPose | None = None) -> list[PlanarPose]:
+    """Base poses ``[T, 3]`` (x, y, yaw) of ``world`` as the simulator's odometry frame sees them when it
+    starts in that world with the base at ``initial_pose`` (e.g. a trajectory to drive in either mode)."""
+    world_to_odom = (initial_pose or PlanarPose()).matrix() @ invert_transform(free_start_pose(world, world.seed).matrix())
+    poses = []
+    for x, y, yaw in np.asarray(base_poses, dtype=np.float64):
+        odom = world_to_odom @ PlanarPose(x, y, yaw).matrix()
+        poses.append(PlanarPose(float(odom[0, 3]), float(odom[1, 3]), math.atan2(odom[1, 0], odom[0, 0])))
+    return poses
