@@ -198,7 +198,7 @@ class ModelRenderer:
         return self.model.load_memory(path, K, cam_to_world)
 
     def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.renderer.memory_points()
+        return self.model.memory_points()
 
     def memory_stats(self) -> MemoryStats:
         return self.model.memory_stats()

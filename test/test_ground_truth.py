@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
 
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.ros import rollout
+from mirage_ros.ros.conversions import image_to_array, pose_to_matrix
 from mirage_ros.ros.recording import read_recording
 from mirage_ros.simulator import StartSpec
 from mirage_ros.training.evaluate import seen_pixels, seen_scores
@@ -94,3 +96,34 @@ def test_a_recorded_place_is_resimulated_along_a_new_route(tmp_path, memory):
     assert len(scores["psnr"]) >= 10
     min_psnr, max_absrel = REPLAY_BOUNDS[memory]
     assert psnr >= min_psnr and absrel <= max_absrel
+
+
+@pytest.mark.ros
+def test_the_node_publishes_true_depth_and_starts_in_a_recorded_place(tiny_checkpoint, tmp_path):
+    with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", "renderer:=ground_truth",
+                                                           "-p", f"world_seed:={WORLD_SEED}")), \
+            ros_client("truth") as client:
+        recorder = Recorder(client)
+        wait_until_running(client, recorder)
+        client.spin_until(lambda: recorder.depths and recorder.odometry, timeout=30, what="depth and odometry")
+        depth_msg = recorder.depths[-1]
+        odometry = next(o for o in recorder.odometry if o.header.stamp == depth_msg.header.stamp)
+        info = recorder.infos[-1]
+    K = np.array(info.k).reshape(3, 3)
+    camera = PinholeCamera.from_matrix(K, info.width, info.height)
+    mount = CameraMount((0.0, 0.0, 0.5), (0.0, 0.1, 0.0))  # the node's defaults
+    frames = GroundTruthFrames((info.height, info.width))
+    frames.begin(StartSpec(world_seed=WORLD_SEED), camera, mount, mount.camera_to_world(np.eye(4)))
+    cam_to_odom = mount.camera_to_world(pose_to_matrix(odometry.pose.pose))
+    np.testing.assert_array_equal(image_to_array(depth_msg), frames.render(cam_to_odom, K).depth)
+    frames.close()
+
+    assert rollout.main(["--model", str(tiny_checkpoint), "--duration", "0.5", "--output", str(tmp_path / "place")]) == 0
+    with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", f"map_bag:={tmp_path / 'place'}")) \
+            as process, ros_client("mapped") as client:
+        recorder = Recorder(client)
+        wait_until_running(client, recorder)
+    assert "5 of 5 RGB frames used" in process.stdout.read()
+    with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", f"map_bag:={tmp_path}")) as process:
+        assert process.wait(timeout=60) == 2
+        assert "mirage_sim: map_bag: " in process.stdout.read()
