@@ -196,3 +196,26 @@ def test_dataset_from_recordings_round_trip_with_the_split_rule(tmp_path, capsys
     broken = write_recording(tmp_path / "broken", skip_topics=("/camera/camera_info",))
     assert dataset.main(["--output", str(tmp_path / "never"), "--from-bag", str(bag), str(broken)]) == 2
     assert "no camera info topic" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_the_full_loop_record_dataset_train_export_simulate(tmp_path):
+    """The README's loop on a recording: shards from the bag, the training commands unchanged on them,
+    an exported checkpoint that re-simulates the recorded place."""
+    from mirage_ros.training import export, train_autoencoder, train_denoiser
+
+    bag = write_recording(tmp_path / "bag", frames=12)
+    data = tmp_path / "data"
+    assert dataset.main(["--output", str(data), "--from-bag", str(bag), "--frames", "4", "--width", "32",
+                         "--height", "32"]) == 0
+    common = ["--data", str(data), "--batch-size", "4", "--log-every", "1", "--workers", "0", "--mixed-precision", "no",
+              "--steps", "2"]
+    train_autoencoder.main(common + ["--output", str(tmp_path / "ae"), "--latent-channels", "4", "--block-out-channels",
+                                     "16", "16", "16", "16", "--crop-size", "32"])
+    train_denoiser.main(common + ["--output", str(tmp_path / "dn"), "--autoencoder", str(tmp_path / "ae" / "checkpoint"),
+                                  "--block-out-channels", "32", "32"])
+    assert export.main(["--autoencoder", str(tmp_path / "ae" / "checkpoint"), "--denoiser",
+                        str(tmp_path / "dn" / "checkpoint"), "--output", str(tmp_path / "model"),
+                        "--image-size", "32", "32"]) in (0, None)
+    assert rollout.main(["--model", str(tmp_path / "model"), "--map-bag", str(bag), "--duration", "0.3",
+                         "--output", str(tmp_path / "simulated")]) == 0
+    assert read_recording(tmp_path / "simulated").frames[0].rgb.shape == (32, 32, 3)
