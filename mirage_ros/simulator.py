@@ -3,7 +3,9 @@
 Both the ``mirage_sim`` node and the offline rollout CLI drive this class, so a rollout produces the
 same frames whichever way it runs. The odometry frame is the frame of the model's memory; the start
 observation may come from elsewhere (a procedural world, files, a saved memory) and is placed at the
-base's initial pose.
+base's initial pose; a mapped recording keeps its own poses (its odometry frame is the simulator's).
+Frames come from a ``FrameRenderer``: the learned model (``ModelRenderer``) or, in ground-truth mode,
+the procedural world itself (``worlds.ground_truth.GroundTruthFrames``).
 """
 
 from __future__ import annotations
