@@ -264,46 +264,11 @@ def read_recording(path: str | Path, options: RecordingOptions | None = None, pr
             _connections(reader, path, options.odom_topic, ("nav_msgs/msg/Odometry",), "odometry")
         elif not any(c.topic == "/tf" and c.msgcount for c in tf_connections):
             raise ValueError(f"{path}: no poses (neither odometry on {options.odom_topic} nor /tf)")
-        tree, infos, rgb_stamps, depth_stamps, tf_moving = _TransformTree(), [], {}, {}, []
         skipped: Counter = Counter()
-        small = info_connections + odom_connections + tf_connections
         with read_errors(path):
-            # Pass 1: camera info, poses, and the stamps of the images (their pixels are decoded in pass 2).
-            total = sum(c.msgcount for c in small + rgb_connections + depth_connections)
-            for connection, _, data in tqdm(reader.messages(connections=small + rgb_connections + depth_connections),
-                                            total=total, desc=f"reading {path.name}", unit="msg", disable=not progress):
-                message = reader.deserialize(data, connection.msgtype)
-                topic = connection.topic
-                if topic == options.rgb_topic:
-                    stamp = _stamp_ns(message)
-                    if stamp <= 0 or stamp in rgb_stamps:
-                        skipped["bad stamp"] += 1
-                    else:
-                        rgb_stamps[stamp] = message.header.frame_id
-                elif topic == options.depth_topic:
-                    depth_stamps[_stamp_ns(message)] = True
-                elif topic == options.camera_info_topic:
-                    k = getattr(message, "k", None)
-                    k = message.K if k is None else k  # ROS 1 names it K
-                    infos.append((_stamp_ns(message), int(message.width), int(message.height),
-                                  np.asarray(k, dtype=np.float64).reshape(3, 3)))
-                elif topic == options.odom_topic:
-                    tree.add_moving(message.header.frame_id.lstrip("/"), message.child_frame_id.lstrip("/"),
-                                    _stamp_ns(message), _vector(message.pose.pose.position, "xyz"),
-                                    _vector(message.pose.pose.orientation, "xyzw"))
-                else:
-                    for item in message.transforms:
-                        parent, child = item.header.frame_id.lstrip("/"), item.child_frame_id.lstrip("/")
-                        translation, rotation = _transform_of(item.transform)
-                        if topic == "/tf_static":
-                            tree.add_static(parent, child, make_transform(quaternion_to_matrix(rotation), translation))
-                        else:
-                            tf_moving.append((parent, child, _stamp_ns(item), translation, rotation))
-            odometry_children = set(tree.moving)  # the odometry topic wins over /tf for the frames it moves
-            for parent, child, stamp, translation, rotation in tf_moving:
-                if child not in odometry_children:
-                    tree.add_moving(parent, child, stamp, translation, rotation)
-            tree.freeze()
+            tree, infos, rgb_stamps, depth_stamps = _first_pass(
+                reader, options, rgb_connections + depth_connections + info_connections + odom_connections
+                + tf_connections, skipped, progress, path.name)
             summary = RecordingSummary(path, len(rgb_stamps) + skipped["bad stamp"], skipped,
                                        f"odometry {options.odom_topic}" if odom_connections else "/tf")
             pairs = _match(sorted(rgb_stamps), np.array(sorted(depth_stamps), dtype=np.int64), options, skipped)
@@ -326,6 +291,49 @@ def read_recording(path: str | Path, options: RecordingOptions | None = None, pr
     if len(recorded) < len(frames):
         skipped[f"pose not in {odom_frame}"] += len(frames) - len(recorded)
     return Recording(recorded, summary, odom_frame)
+
+
+def _first_pass(reader: AnyReader, options: RecordingOptions, connections: list, skipped: Counter, progress: bool,
+                name: str) -> tuple[_TransformTree, list, dict[int, str], set[int]]:
+    """Pass 1 over the bag: the transform tree (odometry, /tf, /tf_static), the camera infos
+    ``(stamp, width, height, K)`` and the stamps of the images (their pixels are decoded in pass 2)."""
+    tree, infos, rgb_stamps, depth_stamps, tf_moving = _TransformTree(), [], {}, set(), []
+    total = sum(c.msgcount for c in connections)
+    for connection, _, data in tqdm(reader.messages(connections=connections), total=total, desc=f"reading {name}",
+                                    unit="msg", disable=not progress):
+        message = reader.deserialize(data, connection.msgtype)
+        topic = connection.topic
+        if topic == options.rgb_topic:
+            stamp = _stamp_ns(message)
+            if stamp <= 0 or stamp in rgb_stamps:
+                skipped["bad stamp"] += 1
+            else:
+                rgb_stamps[stamp] = message.header.frame_id
+        elif topic == options.depth_topic:
+            depth_stamps.add(_stamp_ns(message))
+        elif topic == options.camera_info_topic:
+            k = getattr(message, "k", None)
+            k = message.K if k is None else k  # ROS 1 names it K
+            infos.append((_stamp_ns(message), int(message.width), int(message.height),
+                          np.asarray(k, dtype=np.float64).reshape(3, 3)))
+        elif topic == options.odom_topic:
+            tree.add_moving(message.header.frame_id.lstrip("/"), message.child_frame_id.lstrip("/"),
+                            _stamp_ns(message), _vector(message.pose.pose.position, "xyz"),
+                            _vector(message.pose.pose.orientation, "xyzw"))
+        else:
+            for item in message.transforms:
+                parent, child = item.header.frame_id.lstrip("/"), item.child_frame_id.lstrip("/")
+                translation, rotation = _transform_of(item.transform)
+                if topic == "/tf_static":
+                    tree.add_static(parent, child, make_transform(quaternion_to_matrix(rotation), translation))
+                else:
+                    tf_moving.append((parent, child, _stamp_ns(item), translation, rotation))
+    odometry_children = set(tree.moving)  # the odometry topic wins over /tf for the frames it moves
+    for parent, child, stamp, translation, rotation in tf_moving:
+        if child not in odometry_children:
+            tree.add_moving(parent, child, stamp, translation, rotation)
+    tree.freeze()
+    return tree, infos, rgb_stamps, depth_stamps
 
 
 def _match(rgb_stamps: list[int], depth_stamps: np.ndarray, options: RecordingOptions,
