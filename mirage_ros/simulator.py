@@ -3,17 +3,20 @@
 Both the ``mirage_sim`` node and the offline rollout CLI drive this class, so a rollout produces the
 same frames whichever way it runs. The odometry frame is the frame of the model's memory; the start
 observation may come from elsewhere (a procedural world, files, a saved memory) and is placed at the
-base's initial pose.
+base's initial pose; a mapped recording keeps its own poses (its odometry frame is the simulator's).
+Frames come from a ``FrameRenderer``: the learned model (``ModelRenderer``) or, in ground-truth mode,
+the procedural world itself (``worlds.ground_truth.GroundTruthFrames``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from mirage_ros.camera import CameraMount, PinholeCamera, validate_intrinsics
 from mirage_ros.kinematics import BaseLimits, BodyTwist, PlanarBase, PlanarPose
@@ -22,10 +25,22 @@ from mirage_ros.model.world_model import StepResult, WorldModel
 
 
 @dataclass(frozen=True)
+class Observation:
+    """A real RGB-D frame placed in the odometry frame: ``rgb`` uint8 ``[H,W,3]``, ``depth`` metres
+    ``[H,W]``, ``K`` at that size, ``cam_to_odom`` the optical-frame pose (a mapping run's frame)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    K: np.ndarray
+    cam_to_odom: np.ndarray
+
+
+@dataclass(frozen=True)
 class StartSpec:
-    """Where a rollout starts: a saved ``memory_path``, else an RGB-D observation (``rgb`` + ``depth``
+    """Where a rollout starts: a saved ``memory_path``, else a mapped place (``recording``: observations
+    at their own poses, e.g. every usable frame of a bag), else an RGB-D observation (``rgb`` + ``depth``
     arrays, or ``rgb_path`` + ``depth_path`` files; ``K`` at their resolution, default: the simulator
-    camera's field of view), else the procedural world ``world_seed``."""
+    camera's field of view) placed at the initial pose, else the procedural world ``world_seed``."""
 
     world_seed: int = 0
     rgb_path: str = ""
@@ -34,11 +49,14 @@ class StartSpec:
     memory_path: str = ""
     rgb: np.ndarray | None = field(default=None, compare=False)
     depth: np.ndarray | None = field(default=None, compare=False)
+    recording: tuple[Observation, ...] = field(default=(), compare=False)
 
     @property
     def kind(self) -> str:
         if self.memory_path:
             return "memory"
+        if self.recording:
+            return "recording"
         if self.rgb is not None or self.depth is not None:
             if self.rgb is None or self.depth is None:
                 raise ValueError("an observation start needs both rgb and depth")
@@ -112,9 +130,85 @@ class SimFrame:
     in_contact: bool = False
 
 
+#: Where the simulator's frames come from: the learned world model, or the procedural world's
+#: ground-truth renderer (reference runs; ``worlds.ground_truth.GroundTruthFrames``).
+RENDERERS = ("model", "ground_truth")
+
+
+class FrameRenderer(Protocol):
+    """What the ``Simulator`` draws its frames from; the camera poses are in the odometry frame."""
+
+    image_size: tuple[int, int]
+
+    def begin(self, start: StartSpec, camera: PinholeCamera, mount: CameraMount, cam_to_odom: np.ndarray) -> None:
+        """Start over from ``start`` with the camera at ``cam_to_odom``; all or nothing (``ValueError``)."""
+
+    def render(self, cam_to_odom: np.ndarray, K: np.ndarray) -> StepResult:
+        """The frame seen from ``cam_to_odom`` with intrinsics ``K``."""
+
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        """Horizontal distance (m) to the nearest known surface between the heights; ``inf``: none."""
+
+    def save_memory(self, path: str | Path) -> None: ...
+
+    def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float: ...
+
+    def memory_points(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def memory_stats(self) -> MemoryStats: ...
+
+
+class ModelRenderer:
+    """Frames imagined by a ``WorldModel``, which remembers what it showed (the simulator's purpose)."""
+
+    def __init__(self, model: WorldModel, progress: bool = False) -> None:
+        self.model = model
+        self.image_size = tuple(model.image_size)
+        self.progress = progress  # a progress bar while a recording is mapped
+
+    def begin(self, start: StartSpec, camera: PinholeCamera, mount: CameraMount, cam_to_odom: np.ndarray) -> None:
+        kind = start.kind
+        if kind == "memory":
+            self.model.load_memory(start.memory_path, camera.K, cam_to_odom)
+        elif kind == "recording":
+            first, *rest = start.recording
+            self.model.reset(first.rgb, first.depth, first.K, first.cam_to_odom)
+            for observation in tqdm(rest, desc="mapping the recording", unit="frame", disable=not self.progress):
+                self.model.observe(observation.rgb, observation.depth, observation.K, observation.cam_to_odom)
+        else:
+            if kind == "observation":
+                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
+                              else load_observation(start.rgb_path, start.depth_path))
+                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
+                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], camera.hfov).K)
+                K = validate_intrinsics(K, "start K")
+            else:
+                rgb, depth = render_world_start(start.world_seed, camera, mount)
+                K = camera.K
+            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+
+    def render(self, cam_to_odom: np.ndarray, K: np.ndarray) -> StepResult:
+        return self.model.step(cam_to_odom, K)
+
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        return self.model.nearest_surface(x, y, min_height, max_height)
+
+    def save_memory(self, path: str | Path) -> None:
+        self.model.save_memory(path)
+
+    def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
+        return self.model.load_memory(path, K, cam_to_world)
+
+    def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.memory_points()
+
+    def memory_stats(self) -> MemoryStats:
+        return self.model.memory_stats()
+
+
 @dataclass
 class Simulator:
-    model: WorldModel
+    renderer: FrameRenderer
     camera: PinholeCamera
     mount: CameraMount
     base: PlanarBase
@@ -123,9 +217,9 @@ class Simulator:
     collision: CollisionConfig = field(default_factory=CollisionConfig)
 
     def __post_init__(self) -> None:
-        if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
+        if (self.camera.height, self.camera.width) != tuple(self.renderer.image_size):
             raise ValueError(f"camera is {self.camera.width}x{self.camera.height} but the model generates "
-                             f"{self.model.image_size[1]}x{self.model.image_size[0]} images")
+                             f"{self.renderer.image_size[1]}x{self.renderer.image_size[0]} images")
         _ = self.start.kind  # validates the start specification
 
     def reset(self, world_seed: int | None = None) -> None:
@@ -135,21 +229,7 @@ class Simulator:
         raises ``ValueError`` with the base, the memory and the start specification as they were.
         """
         start = self.start if world_seed is None else StartSpec(world_seed=world_seed)
-        cam_to_odom = self.mount.camera_to_world(self.initial_pose.matrix())
-        kind = start.kind
-        if kind == "memory":
-            self.model.load_memory(start.memory_path, self.camera.K, cam_to_odom)
-        else:
-            if kind == "observation":
-                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
-                              else load_observation(start.rgb_path, start.depth_path))
-                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
-                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
-                K = validate_intrinsics(K, "start K")
-            else:
-                rgb, depth = render_world_start(start.world_seed, self.camera, self.mount)
-                K = self.camera.K
-            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+        self.renderer.begin(start, self.camera, self.mount, self.mount.camera_to_world(self.initial_pose.matrix()))
         self.start = start
         self.base.reset(self.initial_pose)
 
@@ -180,15 +260,16 @@ class Simulator:
             pose, contact = previous, True
         if self.collision.radius > 0:
             c = self.collision
-            after = self.model.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
-            if after < c.radius and after < self.model.nearest_surface(previous.x, previous.y, c.min_height,
+            after = self.renderer.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
+            if after < c.radius and after < self.renderer.nearest_surface(previous.x, previous.y, c.min_height,
                                                                        c.max_height):
                 self.base.stop_at(previous)
                 pose, contact = previous, True
         cam_to_world = self.mount.camera_to_world(pose.matrix())
         # Generated with the simulator camera's intrinsics (those its camera_info announces), whatever the
         # intrinsics of the start observation were.
-        return SimFrame(pose, self.base.velocity, cam_to_world, self.model.step(cam_to_world, self.camera.K), contact)
+        return SimFrame(pose, self.base.velocity, cam_to_world, self.renderer.render(cam_to_world, self.camera.K),
+                        contact)
 
     # ------------------------------------------------------------------ memory services
     def camera_pose(self) -> np.ndarray:
@@ -198,25 +279,26 @@ class Simulator:
     def save_memory(self, path: str | Path) -> MemoryStats:
         """Write the memory to ``path`` (safetensors); returns what was saved. ``ValueError`` on failure,
         with nothing written."""
-        self.model.save_memory(path)
-        return self.model.memory_stats()
+        self.renderer.save_memory(path)
+        return self.renderer.memory_stats()
 
     def load_memory(self, path: str | Path) -> float:
         """Replace the memory with a saved one and continue from it at the base's current pose;
         returns how much of the current view it covers. ``ValueError`` changes nothing."""
-        return self.model.load_memory(path, self.camera.K, self.camera_pose())
+        return self.renderer.load_memory(path, self.camera.K, self.camera_pose())
 
     def memory_cloud(self) -> tuple[np.ndarray, np.ndarray]:
         """Remembered positions ``[N,3]`` (odometry frame) and display colours ``[N,3]`` uint8."""
-        return self.model.memory_points()
+        return self.renderer.memory_points()
 
     def memory_stats(self) -> MemoryStats:
-        return self.model.memory_stats()
+        return self.renderer.memory_stats()
 
 
-def build_simulator(params: dict[str, Any]) -> Simulator:
+def build_simulator(params: dict[str, Any], progress: bool = False) -> Simulator:
     """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
-    also what offline rollouts build."""
+    also what offline rollouts build. A ``map_bag`` recording is read by the ROS layer
+    (``ros.recording``) into ``start.recording``; ``progress`` shows a bar while it is mapped."""
     mount = CameraMount(tuple(params["camera_xyz"]), tuple(params["camera_rpy"]))
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
@@ -229,8 +311,19 @@ def build_simulator(params: dict[str, Any]) -> Simulator:
     base = PlanarBase(params["drive"], base_limits(params), params["command_timeout"])
     start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
                       K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
-    return Simulator(model, camera, mount, base, start, PlanarPose(*params["initial_pose"]),
-                     CollisionConfig.from_parameters(params))
+    return Simulator(build_renderer(params["renderer"], model, progress), camera, mount, base, start,
+                     PlanarPose(*params["initial_pose"]), CollisionConfig.from_parameters(params))
+
+
+def build_renderer(kind: str, model: WorldModel, progress: bool = False) -> FrameRenderer:
+    """The frame source of ``kind`` (``RENDERERS``); the ground truth renders at the model's image size."""
+    if kind == "model":
+        return ModelRenderer(model, progress)
+    if kind == "ground_truth":
+        from mirage_ros.worlds.ground_truth import GroundTruthFrames
+
+        return GroundTruthFrames(model.image_size)
+    raise ValueError(f"renderer must be one of {RENDERERS}, got {kind!r}")
 
 
 def base_limits(params: dict[str, Any]) -> BaseLimits:

@@ -224,26 +224,41 @@ def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCa
     route = generate_trajectory(world, "explore", REPLAY_FRAMES, world_seed + 1_000_003)
     mapped = [renderer.render(pose, camera.K) for pose in mapping.cam_to_world]
     truth = [renderer.render(pose, camera.K) for pose in route.cam_to_world]
-    seen = []
-    for (_, depth), pose in zip(truth, route.cam_to_world):
-        mask = np.zeros(depth.shape, dtype=bool)
-        for (_, map_depth), map_pose in zip(mapped, mapping.cam_to_world):
-            mask |= visible_in(depth, pose, map_depth, map_pose, camera.K)
-        seen.append(mask)
+    seen = seen_pixels([d for _, d in truth], route.cam_to_world, [d for _, d in mapped], mapping.cam_to_world,
+                       camera.K)
     scores = {}
     for variant in REPLAY_VARIANTS:
         model = variant_model(base, variant, device, seed, precision)
         model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
         for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
             model.observe(rgb, depth, camera.K, pose)
-        result = {"psnr": [], "absrel": []}
-        for (rgb, depth), pose, mask in zip(truth, route.cam_to_world, seen):
-            out = model.step(pose)
-            if mask.mean() >= REPLAY_SEEN_SHARE:
-                result["psnr"].append(psnr(out.rgb, rgb, mask))
-                result["absrel"].append(depth_abs_rel(out.depth, depth, mask))
-        scores[variant] = result
+        generated = [model.step(pose) for pose in route.cam_to_world]
+        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen)
     return scores
+
+
+def seen_pixels(depths: list[np.ndarray], poses: np.ndarray, mapped_depths: list[np.ndarray],
+                mapped_poses: np.ndarray, K: np.ndarray) -> list[np.ndarray]:
+    """For each true frame of a route, the pixels whose surface some frame of the mapping run saw."""
+    seen = []
+    for depth, pose in zip(depths, poses):
+        mask = np.zeros(depth.shape, dtype=bool)
+        for map_depth, map_pose in zip(mapped_depths, mapped_poses):
+            mask |= visible_in(depth, pose, map_depth, map_pose, K)
+        seen.append(mask)
+    return seen
+
+
+def seen_scores(rgb: list[np.ndarray], depth: list[np.ndarray], truth: list[tuple[np.ndarray, np.ndarray]],
+                seen: list[np.ndarray]) -> dict[str, list[float]]:
+    """PSNR and depth AbsRel of generated frames against the truth on the seen pixels, in frames where
+    they are at least ``REPLAY_SEEN_SHARE`` of the view."""
+    result = {"psnr": [], "absrel": []}
+    for out_rgb, out_depth, (true_rgb, true_depth), mask in zip(rgb, depth, truth, seen):
+        if mask.mean() >= REPLAY_SEEN_SHARE:
+            result["psnr"].append(psnr(out_rgb, true_rgb, mask))
+            result["absrel"].append(depth_abs_rel(out_depth, true_depth, mask))
+    return result
 
 
 def geometry(record: dict, rgb: list[np.ndarray], depth: list[np.ndarray], truth_depth: list[np.ndarray],
