@@ -3,21 +3,25 @@
 Both the ``mirage_sim`` node and the offline rollout CLI drive this class, so a rollout produces the
 same frames whichever way it runs. The odometry frame is the frame of the model's memory; the start
 observation may come from elsewhere (a procedural world, files, a saved memory) and is placed at the
-base's initial pose.
+base's initial pose; a mapped recording keeps its own poses (its odometry frame is the simulator's).
+Frames come from a ``FrameRenderer``: the learned model (``ModelRenderer``) or, in ground-truth mode,
+the procedural world itself (``worlds.ground_truth.GroundTruthFrames``).
 
-Several robots can share the world (``Simulator.companions``): one model, one memory, one clock; each
-robot has its own base, camera mount and initial pose in the shared odometry frame, and every step
-generates all their frames in one batched model step (``WorldModel.step_cameras``).
+Several robots can share the world (``Simulator.companions``): one renderer (one model, one memory),
+one clock; each robot has its own base, camera mount and initial pose in the shared odometry frame, and
+every step renders all their cameras at once (``FrameRenderer.render_cameras``: one batched model step,
+``WorldModel.step_cameras``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from mirage_ros.camera import CameraMount, PinholeCamera, validate_intrinsics
 from mirage_ros.kinematics import BaseLimits, BodyTwist, PlanarBase, PlanarPose
@@ -26,10 +30,22 @@ from mirage_ros.model.world_model import StepResult, WorldModel
 
 
 @dataclass(frozen=True)
+class Observation:
+    """A real RGB-D frame placed in the odometry frame: ``rgb`` uint8 ``[H,W,3]``, ``depth`` metres
+    ``[H,W]``, ``K`` at that size, ``cam_to_odom`` the optical-frame pose (a mapping run's frame)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    K: np.ndarray
+    cam_to_odom: np.ndarray
+
+
+@dataclass(frozen=True)
 class StartSpec:
-    """Where a rollout starts: a saved ``memory_path``, else an RGB-D observation (``rgb`` + ``depth``
+    """Where a rollout starts: a saved ``memory_path``, else a mapped place (``recording``: observations
+    at their own poses, e.g. every usable frame of a bag), else an RGB-D observation (``rgb`` + ``depth``
     arrays, or ``rgb_path`` + ``depth_path`` files; ``K`` at their resolution, default: the simulator
-    camera's field of view), else the procedural world ``world_seed``."""
+    camera's field of view) placed at the initial pose, else the procedural world ``world_seed``."""
 
     world_seed: int = 0
     rgb_path: str = ""
@@ -38,11 +54,14 @@ class StartSpec:
     memory_path: str = ""
     rgb: np.ndarray | None = field(default=None, compare=False)
     depth: np.ndarray | None = field(default=None, compare=False)
+    recording: tuple[Observation, ...] = field(default=(), compare=False)
 
     @property
     def kind(self) -> str:
         if self.memory_path:
             return "memory"
+        if self.recording:
+            return "recording"
         if self.rgb is not None or self.depth is not None:
             if self.rgb is None or self.depth is None:
                 raise ValueError("an observation start needs both rgb and depth")
@@ -116,6 +135,88 @@ class SimFrame:
     in_contact: bool = False
 
 
+#: Where the simulator's frames come from: the learned world model, or the procedural world's
+#: ground-truth renderer (reference runs; ``worlds.ground_truth.GroundTruthFrames``).
+RENDERERS = ("model", "ground_truth")
+
+
+class FrameRenderer(Protocol):
+    """What the ``Simulator`` draws its frames from; the camera poses are in the odometry frame."""
+
+    image_size: tuple[int, int]
+
+    def begin(self, start: StartSpec, camera: PinholeCamera, mount: CameraMount, cam_to_odom: np.ndarray) -> None:
+        """Start over from ``start`` with the camera at ``cam_to_odom``; all or nothing (``ValueError``)."""
+
+    def add_camera(self, cam_to_odom: np.ndarray) -> None:
+        """One more camera in the world (a companion robot's), after those ``begin`` or ``load_memory`` placed."""
+
+    def render_cameras(self, cam_to_odoms: Sequence[np.ndarray], K: np.ndarray) -> list[StepResult]:
+        """The frames seen from ``cam_to_odoms`` (one pose per camera, in camera order) with intrinsics ``K``."""
+
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        """Horizontal distance (m) to the nearest known surface between the heights; ``inf``: none."""
+
+    def save_memory(self, path: str | Path) -> None: ...
+
+    def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float: ...
+
+    def memory_points(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def memory_stats(self) -> MemoryStats: ...
+
+
+class ModelRenderer:
+    """Frames imagined by a ``WorldModel``, which remembers what it showed (the simulator's purpose)."""
+
+    def __init__(self, model: WorldModel, progress: bool = False) -> None:
+        self.model = model
+        self.image_size = tuple(model.image_size)
+        self.progress = progress  # a progress bar while a recording is mapped
+
+    def begin(self, start: StartSpec, camera: PinholeCamera, mount: CameraMount, cam_to_odom: np.ndarray) -> None:
+        kind = start.kind
+        if kind == "memory":
+            self.model.load_memory(start.memory_path, camera.K, cam_to_odom)
+        elif kind == "recording":
+            first, *rest = start.recording
+            self.model.reset(first.rgb, first.depth, first.K, first.cam_to_odom)
+            for observation in tqdm(rest, desc="mapping the recording", unit="frame", disable=not self.progress):
+                self.model.observe(observation.rgb, observation.depth, observation.K, observation.cam_to_odom)
+        else:
+            if kind == "observation":
+                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
+                              else load_observation(start.rgb_path, start.depth_path))
+                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
+                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], camera.hfov).K)
+                K = validate_intrinsics(K, "start K")
+            else:
+                rgb, depth = render_world_start(start.world_seed, camera, mount)
+                K = camera.K
+            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+
+    def add_camera(self, cam_to_odom: np.ndarray) -> None:
+        self.model.add_camera(cam_to_odom)
+
+    def render_cameras(self, cam_to_odoms: Sequence[np.ndarray], K: np.ndarray) -> list[StepResult]:
+        return self.model.step_cameras(cam_to_odoms, K)
+
+    def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
+        return self.model.nearest_surface(x, y, min_height, max_height)
+
+    def save_memory(self, path: str | Path) -> None:
+        self.model.save_memory(path)
+
+    def load_memory(self, path: str | Path, K: np.ndarray, cam_to_world: np.ndarray) -> float:
+        return self.model.load_memory(path, K, cam_to_world)
+
+    def memory_points(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.memory_points()
+
+    def memory_stats(self) -> MemoryStats:
+        return self.model.memory_stats()
+
+
 @dataclass
 class Robot:
     """One robot in a simulated world: its base, where its camera sits on it, and where it starts (in
@@ -128,10 +229,10 @@ class Robot:
 
 @dataclass
 class Simulator:
-    """The world model and the robots in it: robot 0 is ``base`` with ``mount`` at ``initial_pose``, the
-    ``companions`` (none for a single robot) share its world, memory and camera model."""
+    """The frame renderer and the robots in its world: robot 0 is ``base`` with ``mount`` at
+    ``initial_pose``, the ``companions`` (none for a single robot) share its world, memory and camera model."""
 
-    model: WorldModel
+    renderer: FrameRenderer
     camera: PinholeCamera
     mount: CameraMount
     base: PlanarBase
@@ -141,9 +242,9 @@ class Simulator:
     companions: list[Robot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if (self.camera.height, self.camera.width) != tuple(self.model.image_size):
+        if (self.camera.height, self.camera.width) != tuple(self.renderer.image_size):
             raise ValueError(f"camera is {self.camera.width}x{self.camera.height} but the model generates "
-                             f"{self.model.image_size[1]}x{self.model.image_size[0]} images")
+                             f"{self.renderer.image_size[1]}x{self.renderer.image_size[0]} images")
         _ = self.start.kind  # validates the start specification
 
     @property
@@ -160,26 +261,12 @@ class Simulator:
         raises ``ValueError`` with the base, the memory and the start specification as they were.
         """
         start = self.start if world_seed is None else StartSpec(world_seed=world_seed)
-        cam_to_odom = self.mount.camera_to_world(self.initial_pose.matrix())
-        kind = start.kind
-        if kind == "memory":
-            self.model.load_memory(start.memory_path, self.camera.K, cam_to_odom)
-        else:
-            if kind == "observation":
-                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
-                              else load_observation(start.rgb_path, start.depth_path))
-                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
-                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], self.camera.hfov).K)
-                K = validate_intrinsics(K, "start K")
-            else:
-                rgb, depth = render_world_start(start.world_seed, self.camera, self.mount)
-                K = self.camera.K
-            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+        self.renderer.begin(start, self.camera, self.mount, self.mount.camera_to_world(self.initial_pose.matrix()))
         self.start = start
         self.base.reset(self.initial_pose)
         for robot in self.companions:
             robot.base.reset(robot.initial_pose)
-            self.model.add_camera(robot.mount.camera_to_world(robot.initial_pose.matrix()))
+            self.renderer.add_camera(robot.mount.camera_to_world(robot.initial_pose.matrix()))
 
     def teleport(self, pose: PlanarPose, robot: int = 0) -> None:
         """Put robot ``robot``'s base at ``pose`` at rest (RViz "2D Pose Estimate"); a pose beyond
@@ -195,8 +282,8 @@ class Simulator:
     def step_robots(self, dt: float, now: float,
                     poses: Sequence[PlanarPose | None] | None = None) -> list[SimFrame]:
         """Move every robot for ``dt`` seconds (integrating its commands, or to its given pose in
-        ``poses``, one entry per robot, ``None``: integrate), then generate what all their cameras see
-        in one batched model step; one frame per robot, robot 0 first.
+        ``poses``, one entry per robot, ``None``: integrate), then render what all their cameras see
+        at once (one batched model step); one frame per robot, robot 0 first.
 
         With collision checking, motion that brings a footprint closer to a remembered surface than
         its radius is refused (the base stops where it was); moving away from contact is allowed.
@@ -211,7 +298,7 @@ class Simulator:
         cameras = [robot.mount.camera_to_world(pose.matrix()) for robot, (pose, _) in zip(robots, moves)]
         # Generated with the simulator camera's intrinsics (those its camera_info announces), whatever the
         # intrinsics of the start observation were.
-        results = self.model.step_cameras(cameras, self.camera.K)
+        results = self.renderer.render_cameras(cameras, self.camera.K)
         return [SimFrame(pose, robot.base.velocity, cam_to_world, result, contact)
                 for robot, (pose, contact), cam_to_world, result in zip(robots, moves, cameras, results)]
 
@@ -228,9 +315,9 @@ class Simulator:
             return previous, True
         if self.collision.radius > 0:
             c = self.collision
-            after = self.model.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
-            if after < c.radius and after < self.model.nearest_surface(previous.x, previous.y, c.min_height,
-                                                                       c.max_height):
+            after = self.renderer.nearest_surface(pose.x, pose.y, c.min_height, c.max_height)
+            if after < c.radius and after < self.renderer.nearest_surface(previous.x, previous.y, c.min_height,
+                                                                          c.max_height):
                 base.stop_at(previous)
                 return previous, True
         return pose, False
@@ -244,23 +331,23 @@ class Simulator:
     def save_memory(self, path: str | Path) -> MemoryStats:
         """Write the memory to ``path`` (safetensors); returns what was saved. ``ValueError`` on failure,
         with nothing written."""
-        self.model.save_memory(path)
-        return self.model.memory_stats()
+        self.renderer.save_memory(path)
+        return self.renderer.memory_stats()
 
     def load_memory(self, path: str | Path) -> float:
         """Replace the memory with a saved one and continue from it at every robot's current pose;
         returns how much of robot 0's current view it covers. ``ValueError`` changes nothing."""
-        coverage = self.model.load_memory(path, self.camera.K, self.camera_pose())
+        coverage = self.renderer.load_memory(path, self.camera.K, self.camera_pose())
         for index in range(1, len(self.robots)):
-            self.model.add_camera(self.camera_pose(index))
+            self.renderer.add_camera(self.camera_pose(index))
         return coverage
 
     def memory_cloud(self) -> tuple[np.ndarray, np.ndarray]:
         """Remembered positions ``[N,3]`` (odometry frame) and display colours ``[N,3]`` uint8."""
-        return self.model.memory_points()
+        return self.renderer.memory_points()
 
     def memory_stats(self) -> MemoryStats:
-        return self.model.memory_stats()
+        return self.renderer.memory_stats()
 
 
 def build_robot(settings: dict[str, Any], params: dict[str, Any]) -> Robot:
@@ -271,10 +358,11 @@ def build_robot(settings: dict[str, Any], params: dict[str, Any]) -> Robot:
                  PlanarPose(*settings["initial_pose"]))
 
 
-def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = ()) -> Simulator:
+def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (), progress: bool = False) -> Simulator:
     """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
     also what offline rollouts build. ``robots``: the settings of each robot of a shared world (see
-    ``build_robot``); none: one robot set up by ``params`` itself."""
+    ``build_robot``); none: one robot set up by ``params`` itself. A ``map_bag`` recording is read by the
+    ROS layer (``ros.recording``) into ``start.recording``; ``progress`` shows a bar while it is mapped."""
     first, *companions = [build_robot(settings, params) for settings in (robots or [params])]
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
@@ -286,8 +374,19 @@ def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (
     camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
     start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
                       K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
-    return Simulator(model, camera, first.mount, first.base, start, first.initial_pose,
-                     CollisionConfig.from_parameters(params), companions)
+    return Simulator(build_renderer(params["renderer"], model, progress), camera, first.mount, first.base, start,
+                     first.initial_pose, CollisionConfig.from_parameters(params), companions)
+
+
+def build_renderer(kind: str, model: WorldModel, progress: bool = False) -> FrameRenderer:
+    """The frame source of ``kind`` (``RENDERERS``); the ground truth renders at the model's image size."""
+    if kind == "model":
+        return ModelRenderer(model, progress)
+    if kind == "ground_truth":
+        from mirage_ros.worlds.ground_truth import GroundTruthFrames
+
+        return GroundTruthFrames(model.image_size)
+    raise ValueError(f"renderer must be one of {RENDERERS}, got {kind!r}")
 
 
 def base_limits(params: dict[str, Any]) -> BaseLimits:

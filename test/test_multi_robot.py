@@ -12,7 +12,7 @@ from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.kinematics import PlanarBase, PlanarPose
 from mirage_ros.model import SamplingConfig, sample_latent
 from mirage_ros.model.sampling import DenoiserCondition
-from mirage_ros.simulator import Robot, Simulator, StartSpec
+from mirage_ros.simulator import ModelRenderer, Robot, Simulator, StartSpec
 
 CAMERA = PinholeCamera.from_hfov(64, 64, math.pi / 2)
 ROOM = ((-5.0, -5.0, 0.0), (5.0, 5.0, 3.0))
@@ -79,7 +79,7 @@ def test_companions_drive_on_their_own_and_share_the_world():
     depth = box_depth([ROOM, BOX], mount.camera_to_world(np.eye(4)), CAMERA.K, 64, 64)
     start = StartSpec(rgb=np.full((64, 64, 3), 120, np.uint8), depth=depth)
     second = Robot(PlanarBase("holonomic", command_timeout=10.0), mount, PlanarPose(0.0, 1.0, math.pi))
-    sim = Simulator(model, CAMERA, mount, PlanarBase("diff_drive", command_timeout=10.0), start,
+    sim = Simulator(ModelRenderer(model), CAMERA, mount, PlanarBase("diff_drive", command_timeout=10.0), start,
                     companions=[second])
     sim.reset()
     sim.base.command(0.5, 0.5, 0.0, stamp=0.0)  # a differential drive cannot move sideways

@@ -15,6 +15,7 @@ from sensor_msgs.msg import Image
 
 from mirage_ros.ros import rollout
 from mirage_ros.ros.conversions import image_to_array
+from mirage_ros.ros.recording import read_recording
 from mirage_ros.training.metrics import psnr
 
 
@@ -78,10 +79,10 @@ def test_bad_bags_fail_cleanly_and_seeding_reproduces_the_first_frame(tiny_check
     assert "cannot open the bag" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
     # Seeding: the rollout starts from the recorded first frame at its recorded pose.
-    rgb, depth, K, pose = rollout.first_observation(tmp_path / "source")
+    frame = read_recording(tmp_path / "source").frames[0]
     first = next(data for topic, _, data in read_bag(tmp_path / "source") if topic == "/camera/image_raw")
-    np.testing.assert_array_equal(rgb, image_to_array(deserialize_message(first, Image)))
-    assert K.shape == (3, 3) and np.isfinite(depth).any()
+    np.testing.assert_array_equal(frame.rgb, image_to_array(deserialize_message(first, Image)))
+    assert frame.K.shape == (3, 3) and np.isfinite(frame.depth).any()
 
 
 def test_seeding_from_a_recorded_bag_reproduces_its_first_frame(tmp_path):

@@ -9,7 +9,7 @@ from scenes import box_depth
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.kinematics import BaseLimits, PlanarBase
 from mirage_ros.model.world_model import WorldModel
-from mirage_ros.simulator import CollisionConfig, Simulator, StartSpec, load_observation
+from mirage_ros.simulator import CollisionConfig, ModelRenderer, Simulator, StartSpec, load_observation
 
 CAMERA = PinholeCamera.from_hfov(64, 64, math.pi / 2)
 MOUNT = CameraMount((0.0, 0.0, 0.5), (0.0, 0.0, 0.0))
@@ -40,7 +40,7 @@ def simulator(tiny_checkpoint, radius: float) -> Simulator:
     model = WorldModel.from_pretrained(tiny_checkpoint)
     base = PlanarBase("diff_drive", BaseLimits(max_linear_velocity=1.0, max_linear_acceleration=10.0),
                       command_timeout=10.0)
-    sim = Simulator(model, CAMERA, MOUNT, base, wall_start(), collision=CollisionConfig(radius=radius))
+    sim = Simulator(ModelRenderer(model), CAMERA, MOUNT, base, wall_start(), collision=CollisionConfig(radius=radius))
     sim.reset()
     model.memory = ReadOnlyMemory(model.memory)  # keep only the remembered wall
     return sim
@@ -79,7 +79,7 @@ def test_observation_files_and_bad_starts(tmp_path, tiny_checkpoint):
     rgb, loaded = load_observation(tmp_path / "rgb.png", tmp_path / "depth.png")
     np.testing.assert_allclose(loaded, depth, atol=1e-3)
     model = WorldModel.from_pretrained(tiny_checkpoint)
-    sim = Simulator(model, CAMERA, MOUNT, PlanarBase(), StartSpec(rgb_path=str(tmp_path / "rgb.png"),
+    sim = Simulator(ModelRenderer(model), CAMERA, MOUNT, PlanarBase(), StartSpec(rgb_path=str(tmp_path / "rgb.png"),
                                                                   depth_path=str(tmp_path / "depth.png")))
     sim.reset()
     assert sim.step(0.1, 0.1).result.rgb.shape == (64, 64, 3)
@@ -89,6 +89,6 @@ def test_observation_files_and_bad_starts(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match="16-bit"):
         load_observation(tmp_path / "rgb.png", tmp_path / "depth8.png")
     with pytest.raises(ValueError, match="both"):
-        Simulator(model, CAMERA, MOUNT, PlanarBase(), StartSpec(rgb_path="x.png"))
+        Simulator(ModelRenderer(model), CAMERA, MOUNT, PlanarBase(), StartSpec(rgb_path="x.png"))
     with pytest.raises(ValueError, match="generates"):
-        Simulator(model, PinholeCamera.from_hfov(128, 128, 1.0), MOUNT, PlanarBase())
+        Simulator(ModelRenderer(model), PinholeCamera.from_hfov(128, 128, 1.0), MOUNT, PlanarBase())

@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
-from mirage_ros.training import train_autoencoder, train_denoiser
+from safetensors.torch import load_file
+
+from mirage_ros.model import RGBDAutoencoder
+from mirage_ros.training import export, train_autoencoder, train_denoiser
+from mirage_ros.training.latents import load_sequences
 from mirage_ros.worlds.dataset import write_dataset
 
 
@@ -68,3 +73,46 @@ def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(
     denoiser = load_component(MemoryConditionedDenoiser, tmp_path / "dn" / "checkpoint")
     assert all(torch.isfinite(p).all() for p in denoiser.parameters())
     assert json.loads((tmp_path / "dn" / "memory.json").read_text())["patch_size"] == 8
+
+
+def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_average(tmp_path, tiny_checkpoint):
+    """``--rollouts-from``: the world model drives every training sequence from its first frame and the
+    examples mix its generated frames in; ``--init-from`` starts from given weights; the run keeps a
+    moving average (``checkpoint/ema``), and ``mirage-export`` ships that average."""
+    torch.set_num_threads(2)
+    write_dataset(tmp_path / "data", "train", worlds=1, sequences_per_world=2, frames=8, width=64, height=64,
+                  workers=1, progress=False)
+    dn = tmp_path / "dn"
+    arguments = ["--data", str(tmp_path / "data"), "--batch-size", "4", "--log-every", "1", "--workers", "0",
+                 "--mixed-precision", "no", "--output", str(dn), "--steps", "6", "--save-every", "3", "--lr", "1e-3",
+                 "--autoencoder", str(tiny_checkpoint / "autoencoder"), "--block-out-channels", "32", "32",
+                 "--rollouts-from", str(tiny_checkpoint), "--init-from", str(tiny_checkpoint / "denoiser"),
+                 "--ema-decay", "0.9"]
+    train_denoiser.main(arguments)
+    rollouts = load_sequences(dn / "rollouts.safetensors", {"split": "train"})
+    truth = load_sequences(dn / "latents.safetensors", {"split": "train"})
+    assert len(rollouts) == 2 and all(r.shape == t.shape == (8, 4, 8, 8) for r, t in zip(rollouts.latents, truth.latents))
+    assert torch.allclose(rollouts.latents[0][0].float(), truth.latents[0][0].float(), atol=1e-2)  # the true start
+    assert not torch.allclose(rollouts.latents[0][1:].float(), truth.latents[0][1:].float(), atol=1e-2)  # generated
+    assert len(losses(dn)) == 6
+
+    raw = load_file(dn / "checkpoint" / "diffusion_pytorch_model.safetensors")
+    average = load_file(dn / "checkpoint" / "ema" / "diffusion_pytorch_model.safetensors")
+    start = load_file(tiny_checkpoint / "denoiser" / "diffusion_pytorch_model.safetensors")
+    name = next(key for key in raw if key.endswith("conv_in.weight"))
+    assert not torch.equal(raw[name], average[name]) and not torch.equal(raw[name], start[name].float())
+    # The average lies between where training started and where it ended.
+    assert (average[name] - start[name].float()).norm() < (raw[name] - start[name].float()).norm()
+
+    export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(dn / "checkpoint"),
+                 "--output", str(tmp_path / "model"), "--image-size", "64", "64"])
+    shipped = load_file(tmp_path / "model" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    assert torch.allclose(shipped[name].float(), average[name], atol=1e-3)
+
+    # Rollouts from a model with another autoencoder would live in another latent space: refused.
+    torch.manual_seed(1)
+    RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)).save_pretrained(tmp_path / "other_ae")
+    arguments[arguments.index("--autoencoder") + 1] = str(tmp_path / "other_ae")
+    arguments[arguments.index("--output") + 1] = str(tmp_path / "dn_other")
+    with pytest.raises(ValueError, match="another latent space"):
+        train_denoiser.main(arguments)

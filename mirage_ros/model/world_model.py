@@ -78,13 +78,15 @@ class StepTimings:
 class StepResult:
     """One generated frame: ``rgb`` uint8 ``[H,W,3]``, ``depth`` float32 ``[H,W]`` metres along the
     optical axis, the share of the latent grid the memory covered before generation, the time per
-    phase and how many denoiser evaluations it took (0: the memory held the whole view)."""
+    phase, how many denoiser evaluations it took (0: the memory held the whole view) and the generated
+    ``latent`` ``[C,h,w]`` (what the memory stored; training on the model's own rollouts uses it)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     coverage: float
     timings: StepTimings = field(default_factory=StepTimings)
     denoiser_calls: int = 0
+    latent: torch.Tensor | None = None
 
 
 @dataclass
@@ -387,7 +389,8 @@ class WorldModel:
         self._cameras = [CameraTrack(frame.latent, frame.cam_to_world) for frame in frames]
         self.steps += 1
         return [StepResult((frame.rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy(),
-                           frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls)
+                           frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls,
+                           frame.latent.float().cpu())
                 for frame, view, calls in zip(frames, views, output.denoiser_calls)]
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:

@@ -101,8 +101,8 @@ def camera_info_msg(camera: PinholeCamera, stamp: Time, frame_id: str) -> Camera
 # of numpy do the same for the encodings a camera simulator needs.
 
 #: Image encodings accepted on input, with their numpy dtype and channel count.
-IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1),
-                   "32FC1": (np.float32, 1), "16UC1": (np.uint16, 1)}
+IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
+                   "mono8": (np.uint8, 1), "32FC1": (np.float32, 1), "16UC1": (np.uint16, 1)}
 
 
 def rgb_image_msg(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
@@ -130,8 +130,9 @@ def depth_image_msg(depth: np.ndarray, stamp: Time, frame_id: str) -> Image:
 
 
 def image_to_array(msg: Image) -> np.ndarray:
-    """Array of an Image: rgb8/bgr8 -> uint8 ``[H,W,3]`` in RGB order, mono8 -> uint8 ``[H,W]``,
-    32FC1 -> float32 metres, 16UC1 -> float32 metres (millimetres / 1000, 0 -> NaN)."""
+    """Array of an Image: rgb8/bgr8/rgba8/bgra8 -> uint8 ``[H,W,3]`` in RGB order (alpha dropped),
+    mono8 -> uint8 ``[H,W]``, 32FC1 -> float32 metres, 16UC1 -> float32 metres (millimetres / 1000,
+    0 -> NaN). Any object with the fields of ``sensor_msgs/Image`` will do (e.g. a rosbags message)."""
     if msg.encoding not in IMAGE_ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; expected one of {sorted(IMAGE_ENCODINGS)}")
     dtype, channels = IMAGE_ENCODINGS[msg.encoding]
@@ -142,8 +143,10 @@ def image_to_array(msg: Image) -> np.ndarray:
                          f"{msg.width}x{msg.height} {msg.encoding}")
     rows = np.frombuffer(bytes(msg.data), dtype=np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
     array = rows[:, :row_bytes].copy().view(dtype).reshape(msg.height, msg.width, channels)
-    if msg.encoding == "bgr8":
-        array = array[..., ::-1]
+    if msg.encoding in ("bgr8", "bgra8"):
+        array = array[..., 2::-1]
+    elif msg.encoding == "rgba8":
+        array = array[..., :3]
     if msg.encoding == "16UC1":
         array = np.where(array > 0, array.astype(np.float32) / 1000.0, np.float32(np.nan))
     array = array.astype(array.dtype.newbyteorder("="))

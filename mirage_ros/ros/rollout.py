@@ -5,6 +5,8 @@
     mirage-rollout --poses poses.json --output bags/run2    # [{"t":..,"x":..,"y":..,"yaw":..}, ...]
     mirage-rollout --commands-from-bag recorded/ --output bags/run3
     mirage-rollout --seed-bag recorded/ --output bags/run4  # imagine beyond a recording's first frame
+    mirage-rollout --map-bag recorded/ --poses route.json --output bags/run5  # new routes through a recorded place
+    mirage-rollout --renderer ground_truth --output bags/truth  # the same topics from the true procedural world
     mirage-rollout --batch 8 --output bags/sweep            # 8 rollouts over world seeds, 8 bags
 
 The simulator is built from the same ``config/sim.yaml`` as the node and every step writes the same
@@ -20,28 +22,27 @@ import csv
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from geometry_msgs.msg import Twist
-from nav_msgs.msg import Odometry
-from rclpy.serialization import deserialize_message, serialize_message
-from rosbags.rosbag2 import Reader
+from rclpy.serialization import serialize_message
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image
 from tqdm import tqdm
 
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import PlanarPose
-from mirage_ros.ros.bag import BagWriter, tf_message_cdr, typestore_with_package_types
-from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, time_msg
+from mirage_ros.model.world_model import MEMORY_KINDS
+from mirage_ros.ros.bag import BagWriter, tf_message_cdr
+from mirage_ros.ros.conversions import time_msg
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages, resolve_frame_prefix
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
+from mirage_ros.ros.recording import (RecordingOptions, add_recording_arguments, options_from_arguments,
+                                      read_recording, start_in_recording)
+from mirage_ros.ros.recording import commands_from_bag as recorded_commands
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
-from mirage_ros.simulator import StartSpec, build_simulator
+from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator
 from mirage_ros.tour import tour_rows
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
@@ -93,61 +94,9 @@ def read_table(path: Path, columns: tuple[str, ...], kind: str) -> Schedule:
 
 
 def commands_from_bag(path: Path, topic: str = "/cmd_vel") -> Schedule:
-    """The ``cmd_vel`` (Twist or TwistStamped) of an existing rosbag2, times relative to its first message."""
-    rows = []
-    typestore = typestore_with_package_types()
-    with open_bag(path) as reader:
-        connections = [c for c in reader.connections if c.topic == topic]
-        if not connections:
-            raise ValueError(f"{path}: no topic {topic} (topics: {sorted(c.topic for c in reader.connections)})")
-        for connection, timestamp, data in reader.messages(connections=connections):
-            message = typestore.deserialize_cdr(data, connection.msgtype)
-            twist = message.twist if hasattr(message, "twist") else message
-            rows.append((timestamp * 1e-9, twist.linear.x, twist.linear.y, twist.angular.z))
-    table = np.array(rows, dtype=np.float64)
-    table[:, 0] -= table[0, 0]
+    """The ``cmd_vel`` (Twist or TwistStamped) of an existing bag, times relative to its first message."""
+    table = recorded_commands(path, topic)
     return Schedule(table[:, 0], table[:, 1:], "commands")
-
-
-@contextmanager
-def open_bag(path: Path) -> Iterator[Reader]:
-    """An open rosbag2 reader (MCAP or sqlite3); a missing or damaged bag raises ``ValueError``."""
-    if not Path(path).is_dir() or not (Path(path) / "metadata.yaml").is_file():
-        raise ValueError(f"{path}: not a rosbag2 folder (no metadata.yaml)")
-    reader = Reader(path)
-    try:
-        reader.open()
-    except Exception as error:  # rosbags raises several reader error types for damaged bags
-        raise ValueError(f"{path}: cannot open the bag ({error})") from error
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-def first_observation(path: Path, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, PlanarPose]:
-    """RGB, depth, K and base pose of the first complete frame (image, depth, camera info and
-    odometry with the same stamp) of a rosbag2, e.g. one recorded by this package."""
-    wanted = {f"{prefix}/camera/image_raw": Image, f"{prefix}/camera/depth/image_raw": Image,
-              f"{prefix}/camera/camera_info": CameraInfo, f"{prefix}/odom": Odometry}
-    seen: dict[tuple[int, int], dict[str, object]] = {}
-    with open_bag(path) as reader:
-        connections = [c for c in reader.connections if c.topic in wanted]
-        missing = set(wanted) - {c.topic for c in connections}
-        if missing:
-            raise ValueError(f"{path}: missing topics {sorted(missing)}")
-        for connection, _, data in reader.messages(connections=connections):
-            message = deserialize_message(data, wanted[connection.topic])
-            stamp = (message.header.stamp.sec, message.header.stamp.nanosec)
-            frame = seen.setdefault(stamp, {})
-            frame[connection.topic] = message
-            if len(frame) == len(wanted):
-                info = frame[f"{prefix}/camera/camera_info"]
-                pose = planar_pose_from_matrix(pose_to_matrix(frame[f"{prefix}/odom"].pose.pose))
-                return (image_to_array(frame[f"{prefix}/camera/image_raw"]),
-                        image_to_array(frame[f"{prefix}/camera/depth/image_raw"]),
-                        np.array(info.k, dtype=np.float64).reshape(3, 3), pose)
-    raise ValueError(f"{path}: no frame with image, depth, camera info and odometry at the same stamp")
 
 
 def tour_schedule(duration: float) -> Schedule:
@@ -157,11 +106,15 @@ def tour_schedule(duration: float) -> Schedule:
 
 
 def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, start: StartSpec | None = None,
-            initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True) -> Path:
-    """Run one rollout into the bag ``output``; returns its path."""
-    simulator = build_simulator(params)
+                   initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True,
+                   map_bag: Path | None = None, recording_options: RecordingOptions | None = None) -> Path:
+    """Run one rollout into the bag ``output``; returns its path. ``map_bag``: the memory is built from
+    every usable frame of this recording first (its odometry frame is the rollout's)."""
+    simulator = build_simulator(params, progress=progress)
     if start is not None:
         simulator.start = start
+    if map_bag is not None:
+        print(start_in_recording(simulator, map_bag, recording_options, progress), file=sys.stderr)
     if initial_pose is not None:
         simulator.initial_pose = initial_pose
     simulator.reset()
@@ -212,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--commands", type=Path, help="CSV/JSON of t, vx, vy, wz (s, m/s, rad/s)")
     source.add_argument("--poses", type=Path, help="CSV/JSON of t, x, y, yaw: the base follows these poses")
     source.add_argument("--commands-from-bag", type=Path, help="replay the /cmd_vel of an existing rosbag2")
-    parser.add_argument("--seed-bag", type=Path, help="start from the first RGB-D frame of this rosbag2")
+    parser.add_argument("--seed-bag", type=Path, help="start from the first RGB-D frame of this bag")
+    parser.add_argument("--map-bag", type=Path, help="build the memory from every usable RGB-D frame of this bag "
+                        "(a recorded place), then drive the route through it")
+    parser.add_argument("--memory", choices=MEMORY_KINDS, default=None, help="spatial memory (default: the config's)")
+    parser.add_argument("--renderer", choices=RENDERERS, default=None, help="model (learned) or ground_truth "
+                        "(the procedural world itself); default: the config's")
     parser.add_argument("--output", type=Path, required=True, help="bag folder (with --batch: parent folder)")
     parser.add_argument("--config", type=Path, default=None, help="node parameter file (default config/sim.yaml)")
     parser.add_argument("--duration", type=float, default=None, help="sim seconds (default: the input's length, "
@@ -222,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="N rollouts over N consecutive world seeds")
     parser.add_argument("--model", type=str, default=None, help="world model checkpoint (default: config/shipped)")
     parser.add_argument("--preview", action="store_true", help="also write <bag>.png, a contact sheet")
+    add_recording_arguments(parser)
     args = parser.parse_args(argv)
     try:
         overrides = {k: v for k, v in (("seed", args.seed), ("world_seed", args.world_seed),
-                                       ("model_path", args.model)) if v is not None}
+                                       ("model_path", args.model), ("renderer", args.renderer),
+                                       ("memory", args.memory)) if v is not None}
         params = parameters_from_yaml(args.config or default_config(), NODE_NAME, PARAMETERS, overrides)
         if params["robots"]:
             raise ValueError("robots: mirage-rollout simulates one robot; several in one world run in mirage_sim")
@@ -240,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         duration = args.duration or max(schedule.duration, 1.0 / params["rate"])
         steps = max(1, int(round(duration * params["rate"])))
         start = initial_pose = None
+        recording_options = options_from_arguments(args, size_hw=None)
         if args.seed_bag:
-            rgb, depth, K, initial_pose = first_observation(args.seed_bag)
-            start = StartSpec(rgb=rgb, depth=depth, K=tuple(K.reshape(-1)))
+            first = read_recording(args.seed_bag, recording_options).frames[0]
+            start, initial_pose = StartSpec(rgb=first.rgb, depth=first.depth, K=tuple(first.K.reshape(-1))), first.base_pose
+        if args.seed_bag and args.map_bag:
+            raise ValueError("--seed-bag and --map-bag both say where to start; give one")
         if args.batch < 1:
             raise ValueError("--batch must be at least 1")
         outputs = ([args.output] if args.batch == 1 else
@@ -251,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         for index, output in enumerate(outputs):
             run_params = dict(params, world_seed=params["world_seed"] + index)
             rollout_to_bag(run_params, schedule, steps, output, start, initial_pose,
-                    output.with_suffix(".png") if args.preview else None)
+                           output.with_suffix(".png") if args.preview else None, map_bag=args.map_bag,
+                           recording_options=recording_options)
         elapsed = time.perf_counter() - started
         print(f"{len(outputs)} rollout(s) of {steps} steps ({steps / params['rate']:.1f} s sim) in {elapsed:.1f} s: "
               f"{steps * len(outputs) / params['rate'] / elapsed:.2f}x real time -> {', '.join(map(str, outputs))}")

@@ -40,8 +40,9 @@ from mirage_ros.ros.conversions import (check_frame, planar_pose_from_matrix, po
 from mirage_ros.ros.frame_messages import (AUTO_FRAME_PREFIX, STEP_TOPICS, OutputConfig, frame_messages,
                                            resolve_frame_prefix)
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
+from mirage_ros.ros.recording import start_in_recording
 from mirage_ros.ros.spin import run_node
-from mirage_ros.simulator import CollisionConfig, SimFrame, base_limits, build_simulator
+from mirage_ros.simulator import RENDERERS, CollisionConfig, SimFrame, base_limits, build_simulator
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
@@ -153,6 +154,11 @@ PARAMETERS = [
     ParameterSpec("start_k", [0.0] * 9, "Row-major K of the start observation; all zeros: the camera's "
                   "field of view at the file's size.", read_only=True, check=_nine_values),
     ParameterSpec("memory_file", "", "Start from this saved latent memory (safetensors) instead.", read_only=True),
+    ParameterSpec("map_bag", "", "Start in a recorded place: build the memory from every usable RGB-D frame of "
+                  "this bag (rosbag2 folder or ROS 1 .bag; topics camera/image_raw, camera/depth/image_raw, "
+                  "camera/camera_info, poses from odom or /tf); odom_frame is the recording's.", read_only=True),
+    ParameterSpec("renderer", "model", "Where frames come from: model (the learned world model) or ground_truth "
+                  "(the procedural world world_seed rendered exactly; no memory).", read_only=True, choices=RENDERERS),
     ParameterSpec("memory_cloud_period", 1.0, "Seconds of sim time between memory point clouds (0: never).",
                   low=0.0, high=3600.0),
     ParameterSpec("publish_tf", True, "Broadcast odom->base_link and the static camera frames (needs tf2_ros).",
@@ -196,6 +202,8 @@ def start_up_error(error: Exception, params: dict[str, Any]) -> ValueError:
     """A start-up failure as ``<parameter>: <reason>``: the parameter whose value caused it."""
     if params["memory_file"]:
         name = "memory_file"
+    elif params["map_bag"]:
+        name = "map_bag"
     elif params["start_rgb"] or params["start_depth"]:
         name = "start_rgb/start_depth"
     else:
@@ -217,10 +225,12 @@ class SimNode(Node):
         self.period = 1.0 / params["rate"]
         robots = [self._declare_robot(name) for name in params["robots"]]
         try:
-            self.simulator = build_simulator(params, robots)
+            self.simulator = build_simulator(params, robots, progress=bool(params["map_bag"]))
         except (ValueError, OSError) as error:
             raise ValueError(f"model_path: {error}") from error
         try:
+            if params["map_bag"]:
+                self.get_logger().info(str(start_in_recording(self.simulator, params["map_bag"], progress=True)))
             self.simulator.reset()
         except (ValueError, OSError) as error:
             raise start_up_error(error, params) from error

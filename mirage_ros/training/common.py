@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,28 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="bf16",
                         help="autocast precision (bf16 runs fast on AVX-512 CPUs and modern GPUs)")
     parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="decay of the exponential moving average of the weights, written beside each "
+                             "checkpoint as checkpoint/ema (what mirage-export ships); 0 turns it off")
+
+
+class ExponentialMovingAverage:
+    """A frozen copy of a model whose weights follow the trained ones slowly: averaging over the last
+    ~1/(1-decay) steps smooths out the noise of the final steps, so it samples better than the raw
+    weights. The decay ramps up from 0 over the first steps (``(1+step)/(10+step)``)."""
+
+    def __init__(self, model: ModelMixin, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
+        self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
+
+    @torch.no_grad()
+    def update(self, model: ModelMixin, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for shadow, param in zip(self.model.parameters(), model.parameters()):
+            shadow.lerp_(param.detach().to(shadow.dtype), 1.0 - decay)
+        for shadow, buffer in zip(self.model.buffers(), model.buffers()):
+            shadow.copy_(buffer)
 
 
 def infinite(loader: torch.utils.data.DataLoader) -> Iterator:
@@ -58,9 +81,10 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
     torch.manual_seed(args.seed + accelerator.process_index)
     torch.set_flush_denormal(True)  # denormals make CPU kernels crawl; nothing learnable lives there
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    ema = ExponentialMovingAverage(model, args.ema_decay) if args.ema_decay > 0 else None
     start = 0
     if has_checkpoint(args.output):
-        start = load_training_state(args.output, model, optimizer)["step"]
+        start = load_training_state(args.output, model, optimizer, ema.model if ema else None)["step"]
         accelerator.print(f"resuming {description} from step {start}")
     # The data loader is not handed to accelerate: examples are random draws and each process seeds its
     # own (seed + process index, above), so processes see different batches; they are moved here.
@@ -85,6 +109,8 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step)
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:
                 values = accelerator.reduce(torch.tensor([float(loss.detach()), *parts.values()],
@@ -99,7 +125,8 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
             if done % args.save_every == 0 or done == args.steps:
                 if accelerator.is_main_process:
                     save_training_state(args.output, accelerator.unwrap_model(model), optimizer, done,
-                                        {"args": {k: str(v) for k, v in vars(args).items()}})
+                                        {"args": {k: str(v) for k, v in vars(args).items()}},
+                                        ema.model if ema else None)
                 accelerator.wait_for_everyone()
     finally:
         if log is not None:

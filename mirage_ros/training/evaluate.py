@@ -67,10 +67,19 @@ FLOOR_MARGIN = 0.02
 MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 #: A replay frame is scored when at least this share of it was seen by the mapping run.
 REPLAY_SEEN_SHARE = 0.3
-REPLAY_VARIANTS = ("latent", "explicit")
+REPLAY_VARIANTS = ("latent", "latent_redraw", "explicit")
 #: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
 LONG_FRAMES = 150
 LONG_KINDS = ("explore", "rotate")
+
+
+def variant_model(base: WorldModel, variant: str, device: str, seed: int, precision: str) -> WorldModel:
+    """A fresh world model with ``base``'s weights, set up as the evaluation ``variant`` (``VARIANTS``)."""
+    return WorldModel(base.autoencoder, base.denoiser, base.image_size,
+                      memory="latent" if variant.startswith("latent") else variant,
+                      sampling=replace(base.sampling, **VARIANT_SAMPLING.get(variant, {})),
+                      memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                      floor_height=None if variant in NO_FLOOR else 0.0)
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -119,11 +128,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
         geometry(results["truth"], truth_rgb, truth_depth, truth_depth, trajectory.cam_to_world, camera.K, observed,
                  floor)
         for variant in VARIANTS:
-            memory = "latent" if variant.startswith("latent") else variant
-            sampling = replace(base.sampling, **VARIANT_SAMPLING.get(variant, {}))
-            model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=memory, sampling=sampling,
-                               memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                               floor_height=None if variant in NO_FLOOR else 0.0)
+            model = variant_model(base, variant, device, seed, precision)
             out = generate_along(model, truth_rgb, truth_depth, trajectory.cam_to_world, camera.K)
             record = results[variant]
             geometry(record, out["rgb"], out["depth"], truth_depth, trajectory.cam_to_world, camera.K, observed, floor)
@@ -191,9 +196,7 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
     for offset, kind in enumerate(LONG_KINDS):
         trajectory = generate_trajectory(world, kind, frames, world_seed + 7919 * (offset + 1))
         truth = [renderer.render(pose, camera.K) for pose in trajectory.cam_to_world]
-        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, sampling=base.sampling,
-                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                           floor_height=0.0)
+        model = variant_model(base, "latent", device, seed, precision)
         out = generate_along(model, [t[0] for t in truth], [t[1] for t in truth], trajectory.cam_to_world, camera.K)
         poses = trajectory.cam_to_world
         for t in range(1, frames):
@@ -221,28 +224,41 @@ def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCa
     route = generate_trajectory(world, "explore", REPLAY_FRAMES, world_seed + 1_000_003)
     mapped = [renderer.render(pose, camera.K) for pose in mapping.cam_to_world]
     truth = [renderer.render(pose, camera.K) for pose in route.cam_to_world]
-    seen = []
-    for (_, depth), pose in zip(truth, route.cam_to_world):
-        mask = np.zeros(depth.shape, dtype=bool)
-        for (_, map_depth), map_pose in zip(mapped, mapping.cam_to_world):
-            mask |= visible_in(depth, pose, map_depth, map_pose, camera.K)
-        seen.append(mask)
+    seen = seen_pixels([d for _, d in truth], route.cam_to_world, [d for _, d in mapped], mapping.cam_to_world,
+                       camera.K)
     scores = {}
     for variant in REPLAY_VARIANTS:
-        model = WorldModel(base.autoencoder, base.denoiser, base.image_size, memory=variant, sampling=base.sampling,
-                           memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                           floor_height=0.0)
+        model = variant_model(base, variant, device, seed, precision)
         model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
         for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
             model.observe(rgb, depth, camera.K, pose)
-        result = {"psnr": [], "absrel": []}
-        for (rgb, depth), pose, mask in zip(truth, route.cam_to_world, seen):
-            out = model.step(pose)
-            if mask.mean() >= REPLAY_SEEN_SHARE:
-                result["psnr"].append(psnr(out.rgb, rgb, mask))
-                result["absrel"].append(depth_abs_rel(out.depth, depth, mask))
-        scores[variant] = result
+        generated = [model.step(pose) for pose in route.cam_to_world]
+        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen)
     return scores
+
+
+def seen_pixels(depths: list[np.ndarray], poses: np.ndarray, mapped_depths: list[np.ndarray],
+                mapped_poses: np.ndarray, K: np.ndarray) -> list[np.ndarray]:
+    """For each true frame of a route, the pixels whose surface some frame of the mapping run saw."""
+    seen = []
+    for depth, pose in zip(depths, poses):
+        mask = np.zeros(depth.shape, dtype=bool)
+        for map_depth, map_pose in zip(mapped_depths, mapped_poses):
+            mask |= visible_in(depth, pose, map_depth, map_pose, K)
+        seen.append(mask)
+    return seen
+
+
+def seen_scores(rgb: list[np.ndarray], depth: list[np.ndarray], truth: list[tuple[np.ndarray, np.ndarray]],
+                seen: list[np.ndarray]) -> dict[str, list[float]]:
+    """PSNR and depth AbsRel of generated frames against the truth on the seen pixels, in frames where
+    they are at least ``REPLAY_SEEN_SHARE`` of the view."""
+    result = {"psnr": [], "absrel": []}
+    for out_rgb, out_depth, (true_rgb, true_depth), mask in zip(rgb, depth, truth, seen):
+        if mask.mean() >= REPLAY_SEEN_SHARE:
+            result["psnr"].append(psnr(out_rgb, true_rgb, mask))
+            result["absrel"].append(depth_abs_rel(out_depth, true_depth, mask))
+    return result
 
 
 def geometry(record: dict, rgb: list[np.ndarray], depth: list[np.ndarray], truth_depth: list[np.ndarray],

@@ -1,6 +1,9 @@
 """Assemble a world model checkpoint from trained components, as fp16 safetensors.
 
     mirage-export --autoencoder RUN_AE/checkpoint --denoiser RUN_DN/checkpoint --output mirage_ros/checkpoints/default
+
+A training checkpoint that holds a moving average of its weights (``checkpoint/ema``) is exported
+with those weights unless ``--raw-weights`` is given.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ from pathlib import Path
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, SamplingConfig, WorldModel, load_component
+from mirage_ros.training.state import EMA_FOLDER
 from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
+
+
+def component_weights(checkpoint: Path, raw: bool = False) -> Path:
+    """The folder whose weights to ship: the moving average beside ``checkpoint`` unless ``raw``."""
+    return checkpoint if raw or not (checkpoint / EMA_FOLDER).is_dir() else checkpoint / EMA_FOLDER
 
 
 def training_memory_config(denoiser: Path) -> LatentMemoryConfig | None:
@@ -34,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=SamplingConfig.num_inference_steps, help="sampling steps")
     parser.add_argument("--keep-remembered", action=argparse.BooleanOptionalAction, default=True,
                         help="keep remembered tokens verbatim (default) or let the denoiser redraw them")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="export the trained weights themselves, not their moving average (checkpoint/ema)")
     args = parser.parse_args(argv)
+    autoencoder, denoiser = (component_weights(path, args.raw_weights) for path in (args.autoencoder, args.denoiser))
+    print(f"exporting {autoencoder} and {denoiser}")
     memory_config = training_memory_config(args.denoiser)
     if memory_config is None:
         print(f"note: no {MEMORY_SETTINGS} beside {args.denoiser}; the default memory settings are exported")
-    model = WorldModel(load_component(RGBDAutoencoder, args.autoencoder),
-                       load_component(MemoryConditionedDenoiser, args.denoiser), tuple(args.image_size),
+    model = WorldModel(load_component(RGBDAutoencoder, autoencoder),
+                       load_component(MemoryConditionedDenoiser, denoiser), tuple(args.image_size),
                        memory_config=memory_config,
                        sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered))
     model.save_pretrained(args.output)

@@ -22,13 +22,44 @@ from mirage_ros.training.samples import LatentSequences
 from mirage_ros.worlds.dataset import SequenceDataset
 
 
-def autoencoder_fingerprint(autoencoder: RGBDAutoencoder) -> str:
+def weights_fingerprint(*modules: torch.nn.Module) -> str:
+    """A short hash of the modules' weights and configs: caches built by other weights are never reused."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(autoencoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    digest.update(str(sorted(autoencoder.config.items())).encode())
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        digest.update(str(sorted(getattr(module, "config", {}).items())).encode())
     return digest.hexdigest()[:16]
+
+
+def save_sequences(sequences: LatentSequences, cache: Path, metadata: dict[str, str]) -> None:
+    """Write ``sequences`` (fp16 latents and depths) to ``cache`` atomically, with ``metadata``."""
+    tensors = {}
+    for i in range(len(sequences)):
+        tensors[f"latent.{i}"] = sequences.latents[i].half().contiguous()
+        tensors[f"depth.{i}"] = sequences.depths[i].half().contiguous()
+        tensors[f"K.{i}"] = torch.from_numpy(sequences.intrinsics[i])
+        tensors[f"pose.{i}"] = torch.from_numpy(sequences.poses[i])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial")
+    save_file(tensors, str(partial), metadata={**metadata, "sequences": str(len(sequences))})
+    partial.replace(cache)
+
+
+def load_sequences(cache: Path, metadata: dict[str, str]) -> LatentSequences | None:
+    """The sequences cached at ``cache`` when its metadata matches ``metadata``, else ``None``."""
+    if not cache.is_file():
+        return None
+    with safe_open(str(cache), framework="pt") as handle:
+        stored = handle.metadata() or {}
+        if any(stored.get(key) != value for key, value in metadata.items()):
+            return None
+        count = int(stored["sequences"])
+        get = handle.get_tensor
+        return LatentSequences([get(f"latent.{i}") for i in range(count)], [get(f"depth.{i}") for i in range(count)],
+                               [get(f"K.{i}").numpy() for i in range(count)],
+                               [get(f"pose.{i}").numpy() for i in range(count)])
 
 
 @torch.no_grad()
@@ -56,27 +87,10 @@ def load_or_build_latent_sequences(autoencoder: RGBDAutoencoder, data: Path, spl
                                    decoder_depth: bool = False) -> LatentSequences:
     """The split's latent sequences, from ``cache`` when it was built by this very autoencoder."""
     torch.set_flush_denormal(True)
-    fingerprint = autoencoder_fingerprint(autoencoder) + ("-decoder-depth" if decoder_depth else "")
-    if cache.is_file():
-        with safe_open(str(cache), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("autoencoder") == fingerprint and metadata.get("split") == split:
-                count = int(metadata["sequences"])
-                get = handle.get_tensor
-                return LatentSequences([get(f"latent.{i}") for i in range(count)],
-                                       [get(f"depth.{i}") for i in range(count)],
-                                       [get(f"K.{i}").numpy() for i in range(count)],
-                                       [get(f"pose.{i}").numpy() for i in range(count)])
-    sequences = encode_sequences(autoencoder, SequenceDataset(data, split), decoder_depth=decoder_depth)
-    tensors = {}
-    for i in range(len(sequences)):
-        tensors[f"latent.{i}"] = sequences.latents[i].contiguous()
-        tensors[f"depth.{i}"] = sequences.depths[i].contiguous()
-        tensors[f"K.{i}"] = torch.from_numpy(sequences.intrinsics[i])
-        tensors[f"pose.{i}"] = torch.from_numpy(sequences.poses[i])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial")
-    save_file(tensors, str(partial), metadata={"autoencoder": fingerprint, "split": split,
-                                               "sequences": str(len(sequences))})
-    partial.replace(cache)
+    metadata = {"autoencoder": weights_fingerprint(autoencoder) + ("-decoder-depth" if decoder_depth else ""),
+                "split": split}
+    sequences = load_sequences(cache, metadata)
+    if sequences is None:
+        sequences = encode_sequences(autoencoder, SequenceDataset(data, split), decoder_depth=decoder_depth)
+        save_sequences(sequences, cache, metadata)
     return sequences

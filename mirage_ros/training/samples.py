@@ -6,6 +6,11 @@ whole, later frames only where the memory did not already cover them), with nois
 (the model's outputs are never exact). Recent frames give partial coverage, far earlier frames give
 revisits (the trajectories loop), and some examples get no memory at all (zero coverage). The memory
 is then read at frame ``j``'s camera, which is the conditioning; the target is frame ``j``'s latent.
+
+With the model's own rollouts of the same sequences (``rollouts.py``), a share of the examples takes
+memory and context from the generated frames instead, as inference does after the first step; their
+target is still the true frame, scored only where the memory did not cover it (``weight``): covered
+tokens are kept verbatim at inference, and there the generated memory and the truth may disagree.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class SampleConfig:
     max_far: int = 3               # plus up to this many random earlier frames (revisits)
     no_memory_probability: float = 0.1
     latent_noise: float = 0.1      # max std of the noise added to remembered / context latents
+    rollout_probability: float = 0.5  # share of examples from the model's own rollouts (when given)
 
 
 class LatentSequences:
@@ -45,9 +51,13 @@ class MemoryConditionedSamples(Dataset):
     """An endless supply of (condition, target) pairs; ``__getitem__`` draws a fresh random example."""
 
     def __init__(self, sequences: LatentSequences, memory_config: LatentMemoryConfig,
-                 config: SampleConfig = SampleConfig(), length: int = 1_000_000, seed: int = 0) -> None:
+                 config: SampleConfig = SampleConfig(), length: int = 1_000_000, seed: int = 0,
+                 rollouts: LatentSequences | None = None) -> None:
+        if rollouts is not None and not (len(rollouts) == len(sequences) and all(
+                generated.shape == true.shape for generated, true in zip(rollouts.latents, sequences.latents))):
+            raise ValueError("rollouts must hold one generated latent per true latent of every sequence")
         self.sequences, self.memory_config, self.config = sequences, memory_config, config
-        self.length, self.seed = length, seed
+        self.length, self.seed, self.rollouts = length, seed, rollouts
 
     def __len__(self) -> int:
         return self.length
@@ -56,7 +66,10 @@ class MemoryConditionedSamples(Dataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31)))
         seq = int(rng.integers(len(self.sequences)))
-        latents, depths = self.sequences.latents[seq].float(), self.sequences.depths[seq].float()
+        targets = self.sequences.latents[seq].float()
+        generated = self.rollouts is not None and rng.random() < self.config.rollout_probability
+        source = self.rollouts if generated else self.sequences
+        latents, depths = source.latents[seq].float(), source.depths[seq].float()
         K, poses = self.sequences.intrinsics[seq], self.sequences.poses[seq]
         j = int(rng.integers(1, len(latents)))
         noise_std = float(rng.uniform(0.0, self.config.latent_noise))
@@ -81,8 +94,10 @@ class MemoryConditionedSamples(Dataset):
                 write_back(memory, Frame(None, depths[frame], noisy(latents[frame]), K, poses[frame]), view)
             view = memory.read_view(poses[j], K, image_hw, surface_depth=False)
             memory_latent, coverage, memory_depth = view.latent, view.coverage, view.depth
+        weight = (~coverage).float() if generated else torch.ones(h, w)
         return {
-            "target": latents[j],
+            "target": targets[j],
+            "weight": weight,
             "memory_latent": memory_latent,
             "coverage": coverage,
             "memory_depth": memory_depth,

@@ -2,7 +2,8 @@
 
 A run directory holds ``checkpoint/`` (the model in diffusers ``save_pretrained`` layout) and
 ``training_state.safetensors`` (optimizer moments, RNG state) with ``training_state.json`` (step,
-optimizer hyper-parameters). Both are written to temporary names and renamed, so an interrupted save
+optimizer hyper-parameters), and, when the run keeps one, the weights' moving average in
+``checkpoint/ema/`` (same layout as the model). Both are written to temporary names and renamed, so an interrupted save
 never leaves a checkpoint that looks complete but is not.
 """
 
@@ -20,12 +21,18 @@ from safetensors.torch import load_file, save_file
 STATE_FORMAT_VERSION = 1
 
 
+#: Folder of the moving-average weights inside a checkpoint.
+EMA_FOLDER = "ema"
+
+
 def save_training_state(run_dir: Path, model: ModelMixin, optimizer: torch.optim.Optimizer, step: int,
-                        extra: dict | None = None) -> None:
+                        extra: dict | None = None, ema: ModelMixin | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = run_dir / "checkpoint.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
+    if ema is not None:
+        ema.save_pretrained(staging / EMA_FOLDER, safe_serialization=True)
 
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
@@ -45,15 +52,24 @@ def save_training_state(run_dir: Path, model: ModelMixin, optimizer: torch.optim
     shutil.rmtree(run_dir / "checkpoint.old", ignore_errors=True)
 
 
-def load_training_state(run_dir: Path, model: ModelMixin, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model weights, optimizer moments and RNG from ``run_dir/checkpoint``; returns the metadata."""
+def load_weights(model: ModelMixin, folder: Path) -> None:
+    weights = load_file(folder / "diffusion_pytorch_model.safetensors")
+    model.load_state_dict({k: v.to(next(model.parameters()).dtype) for k, v in weights.items()}, strict=True)
+
+
+def load_training_state(run_dir: Path, model: ModelMixin, optimizer: torch.optim.Optimizer,
+                        ema: ModelMixin | None = None) -> dict:
+    """Restore model weights, optimizer moments, RNG and (into ``ema``) the moving average from
+    ``run_dir/checkpoint``; a checkpoint saved without a moving average starts it from the weights.
+    Returns the metadata."""
     checkpoint = run_dir / "checkpoint"
     meta = json.loads((checkpoint / "training_state.json").read_text())
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"{checkpoint}: training state format {meta.get('format_version')} is not "
                          f"{STATE_FORMAT_VERSION}")
-    weights = load_file(checkpoint / "diffusion_pytorch_model.safetensors")
-    model.load_state_dict({k: v.to(next(model.parameters()).dtype) for k, v in weights.items()}, strict=True)
+    load_weights(model, checkpoint)
+    if ema is not None:
+        load_weights(ema, checkpoint / EMA_FOLDER if (checkpoint / EMA_FOLDER).is_dir() else checkpoint)
     tensors = load_file(checkpoint / "training_state.safetensors")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for name, value in tensors.items():

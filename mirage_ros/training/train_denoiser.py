@@ -4,7 +4,10 @@
 
 The dataset's training split is encoded once with the frozen autoencoder (latents plus the depth that
 places them in memory, cached in ``--output/latents.safetensors``); examples are then drawn with memories built as
-``WorldModel`` builds them (see ``samples.py``). Interrupt at any time: rerunning the command resumes.
+``WorldModel`` builds them (see ``samples.py``). With ``--rollouts-from WORLD_MODEL`` that world model
+first drives every training sequence from its first frame (``rollouts.py``, cached in
+``--output/rollouts.safetensors``) and half the examples condition on its own generated frames.
+Interrupt at any time: rerunning the command resumes.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import argparse
 import json
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
 
 from mirage_ros.memory import LatentMemoryConfig
-from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, load_component
+from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, WorldModel, load_component
 from mirage_ros.training.common import add_common_arguments, train_loop
-from mirage_ros.training.latents import load_or_build_latent_sequences
+from mirage_ros.training.latents import load_or_build_latent_sequences, weights_fingerprint
+from mirage_ros.training.rollouts import WORLD_FLOOR_HEIGHT, load_or_build_rollouts
 from mirage_ros.training.samples import MemoryConditionedSamples, SampleConfig
 
 #: Noise levels the sampler visits (4-step schedule and the memory-reuse start); trained on more often.
@@ -41,7 +46,8 @@ MEMORY_SETTINGS = "memory.json"
 
 def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
                   autoencoder: RGBDAutoencoder) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean squared error of the clean-latent prediction (x0 target), conditioned as at inference."""
+    """Mean squared error of the clean-latent prediction (x0 target), conditioned as at inference,
+    over the tokens each example's ``weight`` counts (rollout examples: the uncovered ones)."""
     target = batch["target"]
     condition = DenoiserCondition.build(batch["memory_latent"], batch["coverage"], batch["memory_depth"],
                                         batch["context"], batch["motion"], autoencoder)
@@ -58,8 +64,19 @@ def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
     error = (prediction.float() - target.float()) ** 2
     covered = (error * mask).sum() / mask.sum().clamp_min(1) / target.shape[1]
     uncovered = (error * (1 - mask)).sum() / (1 - mask).sum().clamp_min(1) / target.shape[1]
-    loss = error.mean()
-    return loss, {"mse_covered": float(covered), "mse_uncovered": float(uncovered)}
+    weight = batch["weight"].unsqueeze(1)
+    loss = (error * weight).sum() / weight.sum().clamp_min(1) / target.shape[1]
+    return loss, {"mse_covered": float(covered.detach()), "mse_uncovered": float(uncovered.detach())}
+
+
+def rollout_model(checkpoint: Path, autoencoder: RGBDAutoencoder, seed: int) -> WorldModel:
+    """The world model at ``checkpoint`` as the simulator runs it (floor known, ``auto`` precision); it
+    must share the autoencoder the denoiser trains with."""
+    model = WorldModel.from_pretrained(checkpoint, seed=seed, floor_height=WORLD_FLOOR_HEIGHT, precision="auto")
+    if weights_fingerprint(model.autoencoder) != weights_fingerprint(autoencoder):
+        raise ValueError(f"{checkpoint}: its autoencoder is not --autoencoder; its rollouts would live in "
+                         "another latent space")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voxel-size", type=float, default=0.05, help="memory voxel size (m) for the examples")
     parser.add_argument("--decoder-depth", action="store_true",
                         help="place remembered tokens with the decoder's depth (as at inference; slower to cache)")
+    parser.add_argument("--rollouts-from", type=Path, default=None,
+                        help="world model checkpoint (mirage-export output, with this --autoencoder) whose own "
+                             "rollouts of the training sequences condition part of the examples")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="denoiser checkpoint whose weights (and architecture) a new run starts from, e.g. the "
+                             "shipped one; a run directory with a checkpoint always resumes instead")
+    parser.add_argument("--rollout-probability", type=float, default=SampleConfig.rollout_probability,
+                        help="share of examples drawn from those rollouts")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
@@ -78,20 +103,28 @@ def main(argv: list[str] | None = None) -> int:
     with state.main_process_first():  # the main process encodes and caches, the others read the cache
         sequences = load_or_build_latent_sequences(autoencoder, args.data, "train",
                                                    args.output / "latents.safetensors", args.decoder_depth)
+        rollouts = None if args.rollouts_from is None else load_or_build_rollouts(
+            rollout_model(args.rollouts_from, autoencoder, args.seed), args.data, "train",
+            args.output / "rollouts.safetensors")
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
     if state.is_main_process:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
-    samples = MemoryConditionedSamples(sequences, memory_config, SampleConfig(), seed=args.seed)
+    samples = MemoryConditionedSamples(sequences, memory_config,
+                                       SampleConfig(rollout_probability=args.rollout_probability),
+                                       seed=args.seed, rollouts=rollouts)
 
     def collate(items: list[dict]) -> dict:
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
     loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=collate, persistent_workers=args.workers > 0)
-    model = MemoryConditionedDenoiser(latent_channels=autoencoder.config.latent_channels, sample_size=max(h, w),
-                                      block_out_channels=tuple(args.block_out_channels))
+    if args.init_from is not None:
+        model = load_component(MemoryConditionedDenoiser, args.init_from)
+    else:
+        model = MemoryConditionedDenoiser(latent_channels=autoencoder.config.latent_channels, sample_size=max(h, w),
+                                          block_out_channels=tuple(args.block_out_channels))
     print(f"denoiser: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(sequences)} training sequences, latent grid {h}x{w}")
     train_loop(args, model, loader, partial(denoiser_loss, autoencoder=autoencoder), "denoiser")

@@ -1,6 +1,7 @@
-"""Training datasets of rendered RGB-D sequences: a CLI that writes them and torch loaders that read them.
+"""Training datasets of RGB-D sequences: a CLI that writes them and torch loaders that read them.
 
     mirage-dataset --output data/ --split train --worlds 40 --sequences-per-world 3 --frames 96
+    mirage-dataset --output mydata/ --from-bag run1/ run2.bag --frames 96   # your robot's recordings
 
 On-disk format (``format_version`` 1), one folder per split::
 
@@ -11,7 +12,14 @@ On-disk format (``format_version`` 1), one folder per split::
                                               world_seed, split, kind, trajectory_seed
 
 Splits are a function of the world seed (``split_of``), so evaluation always uses worlds that training
-never saw, and the loader refuses a sequence whose seed belongs to another split. Every sequence file is
+never saw, and the loader refuses a sequence whose seed belongs to another split.
+
+Recordings (``--from-bag``, read by ``ros.recording`` with its matching rules, resized to the dataset's
+size with K scaled) are cut into sequences of ``frames`` consecutive usable frames (a shorter rest is
+dropped), and the same rule splits them: sequence k = 1, 2, ... of recording r gets the seed
+``RECORDING_SEED_STRIDE * r + k``, so the 5th, 15th, ... sequence of every recording is validation data,
+the 10th, 20th, ... test data, the rest training data. All recordings are read before anything is
+written, so a bad one leaves no file behind. Every sequence file is
 written under a temporary name and renamed when complete; rerunning the command skips finished files
 (resume after an interruption), and ``index.json`` is rewritten last.
 """
@@ -22,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,6 +49,9 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 #: Share of each trajectory kind in generated datasets.
 KIND_WEIGHTS = {"explore": 0.4, "out_and_back": 0.25, "loop": 0.25, "rotate": 0.1}
+#: Seeds of the sequences of recording r start at this multiple of r (a multiple of 10: ``split_of``
+#: then splits sequence k of every recording alike).
+RECORDING_SEED_STRIDE = 1_000_000
 
 
 def split_of(world_seed: int) -> str:
@@ -61,6 +73,13 @@ def seeds_for(split: str, count: int, first: int = 0) -> list[int]:
 
 def sequence_name(world_seed: int, index: int) -> str:
     return f"w{world_seed:05d}_s{index}.safetensors"
+
+
+def write_sequence(path: Path, tensors: dict[str, np.ndarray], entry: dict) -> None:
+    """One sequence file (safetensors; ``entry`` as metadata), complete or not at all."""
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(partial), metadata={k: str(v) for k, v in entry.items()})
+    os.replace(partial, path)
 
 
 def _render_world(task: dict) -> list[dict]:
@@ -89,9 +108,7 @@ def _render_world(task: dict) -> list[dict]:
                 frames = [renderer.render(pose, camera.K) for pose in trajectory.cam_to_world]
                 tensors = {"rgb": np.stack([f[0] for f in frames]), "depth": np.stack([f[1] for f in frames]),
                            "cam_to_world": trajectory.cam_to_world, "base_poses": trajectory.base_poses, "K": camera.K}
-                partial = path.with_name(f".{path.name}.partial")
-                save_file(tensors, str(partial), metadata={k: str(v) for k, v in entry.items()})
-                os.replace(partial, path)
+                write_sequence(path, tensors, entry)
             entries.append(entry)
     finally:
         if renderer is not None:
@@ -99,20 +116,33 @@ def _render_world(task: dict) -> list[dict]:
     return entries
 
 
-def write_dataset(output: Path, split: str, worlds: int, sequences_per_world: int, frames: int,
-                  width: int = 128, height: int = 128, hfov: float = math.pi / 2, workers: int = 2,
-                  first_seed: int = 0, progress: bool = True) -> Path:
-    """Render a split (resuming where an earlier run stopped); returns its folder."""
-    folder = Path(output) / split
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = {"format_version": FORMAT_VERSION, "split": split, "width": width, "height": height, "hfov": hfov,
-                "frames": frames, "sequences_per_world": sequences_per_world}
+def _check_settings(folder: Path, settings: dict) -> None:
+    """``ValueError`` where ``folder`` holds a dataset with other settings."""
     index_path = folder / "index.json"
     if index_path.exists():
         previous = json.loads(index_path.read_text())
         if any(previous.get(k) != v for k, v in settings.items()):
             raise ValueError(f"{folder} holds a dataset with other settings; use another --output")
+
+
+def _prepare_split(folder: Path, settings: dict) -> Path:
+    """The split's folder, created (``ValueError`` where it holds another dataset); its old index is
+    removed: the index is rewritten last, once every sequence file is complete."""
+    _check_settings(folder, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / "index.json"
     index_path.unlink(missing_ok=True)
+    return index_path
+
+
+def write_dataset(output: Path, split: str, worlds: int, sequences_per_world: int, frames: int,
+                  width: int = 128, height: int = 128, hfov: float = math.pi / 2, workers: int = 2,
+                  first_seed: int = 0, progress: bool = True) -> Path:
+    """Render a split (resuming where an earlier run stopped); returns its folder."""
+    folder = Path(output) / split
+    settings = {"format_version": FORMAT_VERSION, "split": split, "width": width, "height": height, "hfov": hfov,
+                "frames": frames, "sequences_per_world": sequences_per_world}
+    index_path = _prepare_split(folder, settings)
     tasks = [{"folder": str(folder), "world_seed": seed, "sequences": sequences_per_world, "frames": frames,
               "width": width, "height": height, "hfov": hfov} for seed in seeds_for(split, worlds, first_seed)]
     entries: list[dict] = []
@@ -125,6 +155,55 @@ def write_dataset(output: Path, split: str, worlds: int, sequences_per_world: in
         bar.close()
     index_path.write_text(json.dumps({**settings, "sequences": entries}, indent=1) + "\n")
     return folder
+
+
+def write_recordings_dataset(output: Path, bags: list[Path], frames: int, width: int = 128, height: int = 128,
+                             options=None, progress: bool = True) -> dict[str, Path]:
+    """Training sequences from RGB-D recordings (see the module docstring); returns the folder of
+    each split that received sequences. ``options``: ``ros.recording.RecordingOptions`` (topics...)."""
+    from dataclasses import replace
+
+    from mirage_ros.ros.recording import RecordingOptions, read_recording
+
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, got {frames}")
+    options = replace(options or RecordingOptions(), size_hw=(height, width))
+    sequences: dict[str, list[tuple[dict, dict]]] = {split: [] for split in SPLITS}
+    for r, bag in enumerate(bags):
+        recording = read_recording(bag, options, progress)
+        print(recording.summary)
+        recorded = recording.frames
+        for k in range(1, len(recorded) // frames + 1):
+            chunk = recorded[(k - 1) * frames: k * frames]
+            if any(not np.allclose(f.K, chunk[0].K) for f in chunk):
+                raise ValueError(f"{bag}: the camera intrinsics change within the recording")
+            seed = RECORDING_SEED_STRIDE * r + k
+            entry = {"file": f"r{r:03d}_s{k:04d}.safetensors", "world_seed": seed, "split": split_of(seed),
+                     "kind": "recording", "trajectory_seed": seed, "frames": frames, "recording": str(bag),
+                     "first_stamp_ns": chunk[0].stamp_ns}
+            tensors = {"rgb": np.stack([f.rgb for f in chunk]), "depth": np.stack([f.depth for f in chunk]),
+                       "cam_to_world": np.stack([f.cam_to_odom for f in chunk]),
+                       "base_poses": np.array([[f.base_pose.x, f.base_pose.y, f.base_pose.yaw] for f in chunk]),
+                       "K": chunk[0].K}
+            sequences[entry["split"]].append((entry, tensors))
+    if not any(sequences.values()):
+        raise ValueError(f"the recordings hold no sequence of {frames} usable frames; lower --frames")
+    settings = {"format_version": FORMAT_VERSION, "width": width, "height": height, "frames": frames,
+                "source": "recordings", "recordings": [str(bag) for bag in bags]}
+    for split, items in sequences.items():  # every split checked before any is touched
+        if items:
+            _check_settings(Path(output) / split, {**settings, "split": split})
+    folders = {}
+    for split, items in sequences.items():
+        if items:
+            folder = Path(output) / split
+            index_path = _prepare_split(folder, {**settings, "split": split})
+            for entry, tensors in items:
+                write_sequence(folder / entry["file"], tensors, entry)
+            index_path.write_text(json.dumps({**settings, "split": split, "sequences": [e for e, _ in items]},
+                                             indent=1) + "\n")
+            folders[split] = folder
+    return folders
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -186,8 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--hfov", type=float, default=math.pi / 2, help="horizontal field of view (rad)")
     parser.add_argument("--workers", type=int, default=2, help="parallel rendering processes")
+    parser.add_argument("--from-bag", type=Path, nargs="+", metavar="BAG", help="make the dataset from these "
+                        "RGB-D recordings (rosbag2 folders or ROS 1 .bag files) instead of procedural worlds; "
+                        "every split that gets sequences is written")
+    from mirage_ros.ros.recording import add_recording_arguments, options_from_arguments
+
+    add_recording_arguments(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.from_bag:
+        try:
+            folders = write_recordings_dataset(args.output, args.from_bag, args.frames, args.width, args.height,
+                                               options_from_arguments(args, None))
+        except ValueError as error:
+            print(f"mirage-dataset: error: {error}", file=sys.stderr)
+            return 2
+        print(", ".join(f"{folder}: {len(json.loads((folder / 'index.json').read_text())['sequences'])} sequences"
+                        for folder in folders.values()) + f" in {time.perf_counter() - started:.1f} s")
+        return 0
     folder = write_dataset(args.output, args.split, args.worlds, args.sequences_per_world, args.frames, args.width,
                            args.height, args.hfov, args.workers, args.first_seed)
     total = args.worlds * args.sequences_per_world * args.frames
