@@ -48,7 +48,7 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
             command = Twist()
             command.linear.x, command.angular.z = 0.3, 0.4
             client.node.create_timer(0.05, lambda: cmd_vel.publish(command))
-            client.spin_until(lambda: len(live.images) > 40, timeout=90, what="40 frames")
+            client.spin_until(lambda: len(live.images) > 50, timeout=90, what="50 frames")  # the recorder joins later
     finally:
         stop(recorder)  # Ctrl-C: the recorder finishes the bag
     assert not (tmp_path / ".rollout.partial").exists()
