@@ -103,7 +103,10 @@ def test_without_clock_nothing_is_recorded_stamped_zero_and_the_recorder_says_wh
             clock = client.node.create_publisher(Clock, "/clock", 10)
             ticks = iter(range(1_000_000))
             client.node.create_timer(0.05, lambda: clock.publish(Clock(clock=time_msg(1000.0 + 0.05 * next(ticks)))))
-            client.spin_for(2.0)
+            # Frames published once the clock runs (counted as another subscriber sees them; slow under load).
+            clocked = len(live.images)
+            client.spin_until(lambda: len(live.images) >= clocked + 15, timeout=60, what="frames after the clock")
+            client.spin_for(0.5)
     finally:
         output = stop(waiting)
     assert "no bag written: no message was recorded" in never_output and "for want of /clock" in never_output
