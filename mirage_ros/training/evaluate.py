@@ -51,6 +51,7 @@ from mirage_ros.training.realism import frame_tensor, two_sample_accuracy
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
 from mirage_ros.worlds.dataset import seeds_for
+from mirage_ros.worlds.generator import FLOOR_HEIGHT
 
 COVERED_FRAME = 0.9
 #: A frame enters the observed-content metrics when at least this share of it was seen at the start.
@@ -58,7 +59,7 @@ OBSERVED_SHARE = 0.3
 VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "latent_no_floor", "explicit", "none")
 #: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
 VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": None}, "latent_redraw": {"keep_remembered": False}}
-#: Variants that do not know where the floor is (``WorldModel.floor_height``); the worlds' floor is z = 0.
+#: Variants that do not know where the floor is (``WorldModel.floor_height``; the worlds' is ``FLOOR_HEIGHT``).
 NO_FLOOR = ("latent_no_floor",)
 #: A point counts as below the floor when it is more than this (m) under it; truth floor pixels are
 #: those less than this above it.
@@ -79,7 +80,7 @@ def variant_model(base: WorldModel, variant: str, device: str, seed: int, precis
                       memory="latent" if variant.startswith("latent") else variant,
                       sampling=replace(base.sampling, **VARIANT_SAMPLING.get(variant, {})),
                       memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                      floor_height=None if variant in NO_FLOOR else 0.0)
+                      floor_height=None if variant in NO_FLOOR else FLOOR_HEIGHT)
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:

@@ -21,10 +21,6 @@ from mirage_ros.training.latents import load_sequences, save_sequences, weights_
 from mirage_ros.training.samples import LatentSequences
 from mirage_ros.worlds.dataset import SequenceDataset
 
-#: Height of the procedural worlds' floor (z, metres): the simulator tells the model where it is.
-WORLD_FLOOR_HEIGHT = 0.0
-
-
 def roll_out_sequences(model: WorldModel, sequences: SequenceDataset) -> LatentSequences:
     """Generate every sequence from its first true frame; frame 0 is the true frame's encoding."""
     latents, depths, intrinsics, poses = [], [], [], []

@@ -25,7 +25,8 @@ from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, WorldModel, load_component
 from mirage_ros.training.common import add_common_arguments, train_loop
 from mirage_ros.training.latents import load_or_build_latent_sequences, weights_fingerprint
-from mirage_ros.training.rollouts import WORLD_FLOOR_HEIGHT, load_or_build_rollouts
+from mirage_ros.training.rollouts import load_or_build_rollouts
+from mirage_ros.worlds.generator import FLOOR_HEIGHT
 from mirage_ros.training.samples import MemoryConditionedSamples, SampleConfig
 
 #: Noise levels the sampler visits (4-step schedule and the memory-reuse start); trained on more often.
@@ -72,7 +73,7 @@ def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
 def rollout_model(checkpoint: Path, autoencoder: RGBDAutoencoder, seed: int) -> WorldModel:
     """The world model at ``checkpoint`` as the simulator runs it (floor known, ``auto`` precision); it
     must share the autoencoder the denoiser trains with."""
-    model = WorldModel.from_pretrained(checkpoint, seed=seed, floor_height=WORLD_FLOOR_HEIGHT, precision="auto")
+    model = WorldModel.from_pretrained(checkpoint, seed=seed, floor_height=FLOOR_HEIGHT, precision="auto")
     if weights_fingerprint(model.autoencoder) != weights_fingerprint(autoencoder):
         raise ValueError(f"{checkpoint}: its autoencoder is not --autoencoder; its rollouts would live in "
                          "another latent space")

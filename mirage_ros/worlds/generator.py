@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 WALL_HEIGHT = 2.5
+#: Height (z, metres) of every generated world's floor plane: what a simulator tells the model as its floor.
+FLOOR_HEIGHT = 0.0
 WALL_THICKNESS = 0.1
 DOOR_WIDTH = (1.1, 1.5)
 LIGHT_SETUPS = ("bright", "warm", "dim", "contrast")
@@ -268,7 +270,7 @@ def generate_world(seed: int) -> World:
     floor = builder.material((size[0] / 2, size[1] / 2))
     ceiling = builder.material((size[0] / 2, size[1] / 2))
     outer = builder.material((3.0, 1.0))
-    builder.geoms.append(f'<geom name="floor" type="plane" pos="{_fmt(size[0] / 2, size[1] / 2, 0)}" '
+    builder.geoms.append(f'<geom name="floor" type="plane" pos="{_fmt(size[0] / 2, size[1] / 2, FLOOR_HEIGHT)}" '
                          f'size="{_fmt(size[0] / 2, size[1] / 2, 0.1)}" material="{floor}"/>')
     builder.geoms.append(f'<geom name="ceiling" type="box" pos="{_fmt(size[0] / 2, size[1] / 2, WALL_HEIGHT + t)}" '
                          f'size="{_fmt(size[0] / 2 + t, size[1] / 2 + t, t)}" material="{ceiling}"/>')
