@@ -38,6 +38,7 @@ setup(
             "mirage-contact-sheet = mirage_ros.worlds.contact_sheet:main",
             "mirage-train-autoencoder = mirage_ros.training.train_autoencoder:main",
             "mirage-train-denoiser = mirage_ros.training.train_denoiser:main",
+            "mirage-train-refiner = mirage_ros.training.train_refiner:main",
             "mirage-export = mirage_ros.training.export:main",
             "mirage-evaluate = mirage_ros.training.evaluate:main",
         ],

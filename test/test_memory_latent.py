@@ -309,3 +309,26 @@ def test_depth_is_clamped_to_the_floor_and_near_floor_points_lie_on_it():
     np.testing.assert_allclose(snapped[floor], truth[floor], rtol=1e-4)
     walls = heights_above_floor(truth, pose, CAMERA.K) > 0.2
     np.testing.assert_array_equal(snapped[walls], slightly_short.numpy()[walls])  # the rest untouched
+
+
+def test_read_alignment_says_where_each_token_sits_and_at_what_scale():
+    """``MemoryView.alignment``: a token's sub-cell offset follows the camera to the fraction of a
+    latent pixel, and its scale channel is log2(depth seen at / depth now)."""
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(), depth_at(A), CAMERA.K, A)
+    offsets = []
+    for sideways in (0.0, 7.0 * 0.25 / 8.0):  # a quarter latent pixel at the back wall, 7 m away
+        pose = look_at((-2.0, sideways, 1.0), (5.0, sideways, 1.0))
+        view = memory.read_view(pose, CAMERA.K, (128, 128))
+        wall = view.coverage & ((view.depth - 7.0).abs() < 0.01)
+        assert wall.sum() >= 20
+        assert torch.all(view.alignment[:, ~view.coverage] == 0)
+        assert float(view.alignment[2, view.coverage].abs().max()) < 1e-3  # same distance: same scale
+        offsets.append(view.alignment[:2, wall])
+    # Tokens sit on the patch pixel next to its centre (-1/16 of a cell), then all move a quarter cell in x.
+    torch.testing.assert_close(offsets[0], torch.full_like(offsets[0], -0.0625), atol=1e-4, rtol=0)
+    torch.testing.assert_close(offsets[1][0], torch.full_like(offsets[1][0], 0.1875), atol=1e-4, rtol=0)
+    closer = memory.read_view(look_at((-1.0, 0.0, 1.0), (5.0, 0.0, 1.0)), CAMERA.K, (128, 128))
+    covered = closer.coverage
+    expected = torch.log2((closer.depth[covered] + 1.0) / closer.depth[covered])  # 1 m nearer along the axis
+    torch.testing.assert_close(closer.alignment[2, covered], expected, atol=2e-3, rtol=0)

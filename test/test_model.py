@@ -215,3 +215,39 @@ def test_shipped_checkpoint_golden_outputs():
             assert np.abs(got_rgb - np.array(expected["rgb"])).max() <= 2, (t, got_rgb.tolist())
             got_depth = np.array([result.depth[v, u] for v, u in GOLDEN_PIXELS])
             np.testing.assert_allclose(got_depth, expected["depth"], rtol=2e-3, err_msg=f"frame {t}")
+
+
+def test_read_refiner_redraws_remembered_cells_only_and_travels_with_the_checkpoint(tmp_path):
+    from mirage_ros.model import MemoryReadRefiner
+
+    torch.manual_seed(0)
+    refiner = MemoryReadRefiner(latent_channels=4, hidden_channels=16, num_blocks=1)
+    read = torch.randn(1, 4, 8, 8)
+    coverage = (torch.rand(1, 8, 8) < 0.5).float()
+    read = read * coverage.unsqueeze(1)
+    depth, alignment = torch.rand(1, 8, 8) * coverage, torch.randn(1, 3, 8, 8)
+    assert torch.equal(refiner(read, coverage, depth, alignment), read)  # untrained: the plain read
+    torch.nn.init.normal_(refiner.head[-1].weight, std=0.1)
+    refined = refiner(read, coverage, depth, alignment)
+    changed = (refined != read).any(1)
+    assert changed[coverage.bool()].all() and not changed[~coverage.bool()].any()
+
+    # In the world model an untrained refiner changes no colour; remembered depth is then taken as seen
+    # from this view (refined tokens are at its scale).
+    plain, refined_model = tiny_model(), tiny_model()
+    refined_model.refiner = MemoryReadRefiner(latent_channels=4, hidden_channels=16, num_blocks=1).eval()
+    for model in (plain, refined_model):
+        model.reset(*observation(), CAMERA.K, START)
+    pose = poses(1)[0]
+    np.testing.assert_array_equal(plain.step(pose).rgb, refined_model.step(pose).rgb)
+
+    refined_model.refiner = refiner.eval()
+    refined_model.save_pretrained(tmp_path / "ckpt")
+    loaded = WorldModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.refiner is not None
+    for ours, theirs in zip(refiner.state_dict().values(), loaded.refiner.state_dict().values()):
+        torch.testing.assert_close(ours.half().float(), theirs)
+    assert WorldModel.from_pretrained(tmp_path / "ckpt", refiner=None).refiner is None
+    assert not (tmp_path / "plain").exists()
+    plain.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "refiner").exists() and WorldModel.from_pretrained(tmp_path / "plain").refiner is None

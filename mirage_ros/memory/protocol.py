@@ -43,7 +43,10 @@ class MemoryView:
     [h,w]`` metres of the remembered surface, 0 where uncovered; ``pixel_coverage [H,W]`` bool, what is
     already known at image resolution. ``surfaces`` (latent memory, when asked for; else ``None``):
     the remembered tokens as surfaces, which give remembered pixels their depth once the frame is
-    decoded (``RememberedSurfaces.compose``).
+    decoded (``RememberedSurfaces.compose``). ``alignment [3,h,w]`` (latent memory; else ``None``: the
+    view is already aligned, as a re-encoded render is): how each remembered token sits in this view,
+    its sub-cell offset (x, y, latent pixels) and ``log2`` of the depth it was seen at over its depth
+    here (0 where uncovered); what a ``MemoryReadRefiner`` needs to redraw the mosaic for this view.
     """
 
     latent: torch.Tensor
@@ -51,6 +54,7 @@ class MemoryView:
     depth: torch.Tensor
     pixel_coverage: torch.Tensor
     surfaces: RememberedSurfaces | None = None
+    alignment: torch.Tensor | None = None
 
     @property
     def coverage_fraction(self) -> float:

@@ -1,7 +1,8 @@
 """``WorldModel``: the per-step closed loop of the simulator.
 
 ``reset`` (or ``observe``) encodes a real observation and writes it to the spatial memory. Each
-``step(cam_to_world)``: read the memory at the target camera -> denoise the next latent conditioned on
+``step(cam_to_world)``: read the memory at the target camera -> redraw the read's token mosaic for this
+view (``MemoryReadRefiner``, where the checkpoint has one) -> denoise the next latent conditioned on
 the read and on the previous frame (``sampling.py``) -> decode RGB and metric depth -> write the newly
 generated tokens back (``memory.write_back``), placed in 3D with the decoder's own depth (no re-encode
 on the latent memory path).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,11 +33,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
-                               NoMemory, SpatialMemory, write_back)
+                               MemoryView, NoMemory, SpatialMemory, write_back)
 from mirage_ros.memory.projection import RayCache, clamp_to_floor
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
+from mirage_ros.model.read_refiner import MemoryReadRefiner
 from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
 
 MEMORY_KINDS = ("latent", "explicit", "none")
@@ -154,21 +156,26 @@ class WorldModel:
     ``floor_height``: where the floor plane ``z = floor_height`` of the memory frame (z up) is known,
     generated depth never goes below it and points within a few centimetres of it lie on it
     (``memory.projection.clamp_to_floor``); ``None``: no floor is assumed.
+
+    ``refiner``: redraws latent memory reads for the viewpoint they are read from (``None``: remembered
+    tokens are decoded as read, a mosaic wherever the view differs from the one that wrote them).
     """
 
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
                  image_size: tuple[int, int] = (128, 128), memory: str = "latent",
                  memory_config: LatentMemoryConfig | None = None, sampling: SamplingConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32",
-                 floor_height: float | None = None) -> None:
+                 floor_height: float | None = None, refiner: MemoryReadRefiner | None = None) -> None:
         self.device = torch.device(device)
         self.compute_dtype = resolve_precision(precision, self.device)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.denoiser = denoiser.to(self.device).eval()
+        self.refiner = refiner.to(self.device).eval() if refiner is not None else None
         if self.device.type == "cpu":
             # oneDNN convolutions run faster on channels-last (NHWC) weights on a CPU.
-            for module in (self.autoencoder, self.denoiser):
-                module.to(memory_format=torch.channels_last)
+            for module in (self.autoencoder, self.denoiser, self.refiner):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=denoiser.config.num_train_timesteps)
         self.image_size = tuple(image_size)
         factor = autoencoder.downsample_factor
@@ -194,8 +201,9 @@ class WorldModel:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> "WorldModel":
         """Load the shipped default checkpoint (``path=None``) or a local directory with
-        ``autoencoder/``, ``denoiser/`` (diffusers layout) and ``world_model.json`` (image size,
-        sampling and memory settings). ``kwargs`` go to the constructor and override the file's.
+        ``autoencoder/``, ``denoiser/``, optionally ``refiner/`` (diffusers layout) and
+        ``world_model.json`` (image size, sampling and memory settings). ``kwargs`` go to the
+        constructor and override the file's (``refiner=None`` turns a shipped refiner off).
 
         Loading for inference also switches PyTorch's process-wide flush-denormal mode on: denormal
         floats make CPU convolutions ~100x slower as activations decay towards zero over a rollout,
@@ -213,6 +221,8 @@ class WorldModel:
                              f"({type(error).__name__}: {error})") from error
         autoencoder = load_component(RGBDAutoencoder, root / "autoencoder")
         denoiser = load_component(MemoryConditionedDenoiser, root / "denoiser")
+        if "refiner" not in kwargs and (root / "refiner").is_dir():
+            kwargs["refiner"] = load_component(MemoryReadRefiner, root / "refiner")
         torch.set_flush_denormal(True)
         kwargs.setdefault("sampling", sampling)
         kwargs.setdefault("memory_config", memory_config)
@@ -222,7 +232,10 @@ class WorldModel:
         """Write the checkpoint layout ``from_pretrained`` reads (weights as ``dtype`` safetensors)."""
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
-        for name, component in (("autoencoder", self.autoencoder), ("denoiser", self.denoiser)):
+        components = [("autoencoder", self.autoencoder), ("denoiser", self.denoiser)]
+        if self.refiner is not None:
+            components.append(("refiner", self.refiner))
+        for name, component in components:
             original = next(component.parameters()).dtype
             # nn.Module.to: every weight is cast (diffusers' own .to() warns about mixed-precision modules).
             torch.nn.Module.to(component, dtype).save_pretrained(root / name, safe_serialization=True)
@@ -308,7 +321,7 @@ class WorldModel:
         if self.K is None:
             raise RuntimeError("call reset() with an observation (or load_memory) before add_camera()")
         cam_to_world = validate_transform(cam_to_world, "cam_to_world")
-        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=False)
+        view = self._read(cam_to_world, surface_depth=False)
         self._cameras.append(CameraTrack(view.latent, cam_to_world))
         return view.coverage_fraction
 
@@ -351,8 +364,7 @@ class WorldModel:
             self.K = validate_intrinsics(K)
         timings = StepTimings()
         started = time.perf_counter()
-        views = [self.memory.read_view(pose, self.K, self.image_size, surface_depth=self.sampling.keep_remembered)
-                 for pose in poses]
+        views = [self._read(pose, surface_depth=self.sampling.keep_remembered) for pose in poses]
         timings.read = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -392,6 +404,22 @@ class WorldModel:
                            frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls,
                            frame.latent.float().cpu())
                 for frame, view, calls in zip(frames, views, output.denoiser_calls)]
+
+    def _read(self, cam_to_world: np.ndarray, surface_depth: bool) -> MemoryView:
+        """The memory's view at ``cam_to_world``, its token mosaic redrawn by the refiner where there is
+        one and the memory says how its tokens sit in the view (``MemoryView.alignment``). Refined tokens
+        are at this view's scale, so their decoded depth needs no rescaling."""
+        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth)
+        if self.refiner is None or view.alignment is None or not bool(view.coverage.any()):
+            return view
+        depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))
+        with self._autocast():
+            latent = self.refiner(view.latent[None], view.coverage[None].float(), depth[None],
+                                  view.alignment[None])[0].float()
+        surfaces = view.surfaces
+        if surfaces is not None:
+            surfaces = replace(surfaces, cell_scale=torch.ones_like(surfaces.cell_scale))
+        return replace(view, latent=latent, surfaces=surfaces, alignment=None)
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
         """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two

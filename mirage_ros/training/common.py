@@ -54,6 +54,11 @@ class ExponentialMovingAverage:
             shadow.copy_(buffer)
 
 
+def collate(items: list[dict]) -> dict:
+    """A batch of equally shaped examples: each field stacked."""
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
 def infinite(loader: torch.utils.data.DataLoader) -> Iterator:
     while True:
         yield from loader

@@ -12,8 +12,9 @@ from the first frame and generates the rest. Reported:
   on the way out and met again;
 - loop-closure consistency: PSNR between the frame generated on the way back and the one generated on
   the way out at the identical pose, for latent memory, explicit memory and no memory;
-- the effect of starting from the memory read where coverage is high (memory reuse on/off) and of
-  keeping remembered tokens verbatim versus letting the denoiser redraw them;
+- the effect of starting from the memory read where coverage is high (memory reuse on/off), of
+  keeping remembered tokens verbatim versus letting the denoiser redraw them, and of the read refiner
+  (``latent_unrefined``: remembered tokens decoded as read);
 - replay: the memory built from a ground-truth mapping run through the public observation API
   (``WorldModel.observe``), then another route through the same world, scored on the pixels the
   mapping run saw; latent and explicit memory side by side (the paper's claim: latent is as good);
@@ -56,11 +57,13 @@ from mirage_ros.worlds.generator import FLOOR_HEIGHT
 COVERED_FRAME = 0.9
 #: A frame enters the observed-content metrics when at least this share of it was seen at the start.
 OBSERVED_SHARE = 0.3
-VARIANTS = ("latent", "latent_no_reuse", "latent_redraw", "latent_no_floor", "explicit", "none")
+VARIANTS = ("latent", "latent_unrefined", "latent_no_reuse", "latent_redraw", "latent_no_floor", "explicit", "none")
 #: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
 VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": None}, "latent_redraw": {"keep_remembered": False}}
 #: Variants that do not know where the floor is (``WorldModel.floor_height``; the worlds' is ``FLOOR_HEIGHT``).
 NO_FLOOR = ("latent_no_floor",)
+#: Variants that decode remembered tokens as read, without the checkpoint's read refiner.
+UNREFINED = ("latent_unrefined",)
 #: A point counts as below the floor when it is more than this (m) under it; truth floor pixels are
 #: those less than this above it.
 FLOOR_MARGIN = 0.02
@@ -68,7 +71,7 @@ FLOOR_MARGIN = 0.02
 MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 #: A replay frame is scored when at least this share of it was seen by the mapping run.
 REPLAY_SEEN_SHARE = 0.3
-REPLAY_VARIANTS = ("latent", "latent_redraw", "explicit")
+REPLAY_VARIANTS = ("latent", "latent_unrefined", "latent_redraw", "explicit")
 #: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
 LONG_FRAMES = 150
 LONG_KINDS = ("explore", "rotate")
@@ -80,7 +83,8 @@ def variant_model(base: WorldModel, variant: str, device: str, seed: int, precis
                       memory="latent" if variant.startswith("latent") else variant,
                       sampling=replace(base.sampling, **VARIANT_SAMPLING.get(variant, {})),
                       memory_config=base.memory_config, device=device, seed=seed, precision=precision,
-                      floor_height=None if variant in NO_FLOOR else FLOOR_HEIGHT)
+                      floor_height=None if variant in NO_FLOOR else FLOOR_HEIGHT,
+                      refiner=None if variant in UNREFINED else base.refiner)
 
 
 def generate_along(model: WorldModel, rgb: list[np.ndarray], depth: list[np.ndarray], poses: np.ndarray, K: np.ndarray) -> dict:
@@ -395,7 +399,8 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
               f"to at least {COVERED_FRAME:.0%}, which includes content the model imagined earlier. Loop closure: "
               "frame generated on the return vs on the way out at the identical pose. `latent_no_reuse` always "
               "denoises from pure noise (memory reuse off); `latent_redraw` lets the denoiser redraw remembered "
-              "tokens instead of keeping them (`keep_remembered` off).", "",
+              "tokens instead of keeping them (`keep_remembered` off); `latent_unrefined` decodes remembered tokens as "
+              "read, without the checkpoint's read refiner.", "",
               "![loop closure](loop_closure.png)", "", "![examples](examples.png)", ""]
     text = "\n".join(lines)
     (output / "report.md").write_text(text)

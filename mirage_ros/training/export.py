@@ -1,6 +1,7 @@
 """Assemble a world model checkpoint from trained components, as fp16 safetensors.
 
-    mirage-export --autoencoder RUN_AE/checkpoint --denoiser RUN_DN/checkpoint --output mirage_ros/checkpoints/default
+    mirage-export --autoencoder RUN_AE/checkpoint --denoiser RUN_DN/checkpoint [--refiner RUN_RF/checkpoint] \
+        --output mirage_ros/checkpoints/default
 
 A training checkpoint that holds a moving average of its weights (``checkpoint/ema``) is exported
 with those weights unless ``--raw-weights`` is given.
@@ -13,7 +14,8 @@ import json
 from pathlib import Path
 
 from mirage_ros.memory import LatentMemoryConfig
-from mirage_ros.model import MemoryConditionedDenoiser, RGBDAutoencoder, SamplingConfig, WorldModel, load_component
+from mirage_ros.model import (MemoryConditionedDenoiser, MemoryReadRefiner, RGBDAutoencoder, SamplingConfig, WorldModel,
+                              load_component)
 from mirage_ros.training.state import EMA_FOLDER
 from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autoencoder", type=Path, required=True)
     parser.add_argument("--denoiser", type=Path, required=True)
+    parser.add_argument("--refiner", type=Path, default=None,
+                        help="memory-read refiner checkpoint (mirage-train-refiner); none: reads decoded as read")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--steps", type=int, default=SamplingConfig.num_inference_steps, help="sampling steps")
@@ -47,14 +51,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="export the trained weights themselves, not their moving average (checkpoint/ema)")
     args = parser.parse_args(argv)
     autoencoder, denoiser = (component_weights(path, args.raw_weights) for path in (args.autoencoder, args.denoiser))
-    print(f"exporting {autoencoder} and {denoiser}")
+    refiner = component_weights(args.refiner, args.raw_weights) if args.refiner is not None else None
+    print(f"exporting {autoencoder}, {denoiser}" + (f" and {refiner}" if refiner else ""))
     memory_config = training_memory_config(args.denoiser)
     if memory_config is None:
         print(f"note: no {MEMORY_SETTINGS} beside {args.denoiser}; the default memory settings are exported")
     model = WorldModel(load_component(RGBDAutoencoder, autoencoder),
                        load_component(MemoryConditionedDenoiser, denoiser), tuple(args.image_size),
                        memory_config=memory_config,
-                       sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered))
+                       sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered),
+                       refiner=load_component(MemoryReadRefiner, refiner) if refiner else None)
     model.save_pretrained(args.output)
     size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
     print(f"wrote {args.output} ({size / 1e6:.1f} MB)")

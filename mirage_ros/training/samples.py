@@ -32,6 +32,7 @@ class SampleConfig:
     no_memory_probability: float = 0.1
     latent_noise: float = 0.1      # max std of the noise added to remembered / context latents
     rollout_probability: float = 0.5  # share of examples from the model's own rollouts (when given)
+    far_from_anywhere: bool = False  # far frames from the whole sequence but the target (other routes)
 
 
 class LatentSequences:
@@ -80,10 +81,12 @@ class MemoryConditionedSamples(Dataset):
 
         channels, h, w = latents.shape[1:]
         memory_latent, coverage = torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool)
-        memory_depth = torch.zeros(h, w)
+        memory_depth, alignment = torch.zeros(h, w), torch.zeros(3, h, w)
         if rng.random() >= self.config.no_memory_probability:
             recent = list(range(max(0, j - int(rng.integers(1, self.config.max_recent + 1))), j))
             earlier = list(range(0, recent[0]))
+            if self.config.far_from_anywhere:
+                earlier += list(range(j + 1, len(latents)))
             far = list(rng.choice(earlier, size=min(len(earlier), int(rng.integers(0, self.config.max_far + 1))),
                                   replace=False)) if earlier else []
             memory = LatentSpatialMemory(self.memory_config)
@@ -93,7 +96,7 @@ class MemoryConditionedSamples(Dataset):
                         if memory.stats().entries else None)
                 write_back(memory, Frame(None, depths[frame], noisy(latents[frame]), K, poses[frame]), view)
             view = memory.read_view(poses[j], K, image_hw, surface_depth=False)
-            memory_latent, coverage, memory_depth = view.latent, view.coverage, view.depth
+            memory_latent, coverage, memory_depth, alignment = view.latent, view.coverage, view.depth, view.alignment
         weight = (~coverage).float() if generated else torch.ones(h, w)
         return {
             "target": targets[j],
@@ -101,6 +104,7 @@ class MemoryConditionedSamples(Dataset):
             "memory_latent": memory_latent,
             "coverage": coverage,
             "memory_depth": memory_depth,
+            "alignment": alignment,
             "context": noisy(latents[j - 1]),
             "motion": motion_features(poses[j - 1], poses[j]),
         }

@@ -23,7 +23,7 @@ from accelerate import PartialState
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, WorldModel, load_component
-from mirage_ros.training.common import add_common_arguments, train_loop
+from mirage_ros.training.common import add_common_arguments, collate, train_loop
 from mirage_ros.training.latents import load_or_build_latent_sequences, weights_fingerprint
 from mirage_ros.training.rollouts import load_or_build_rollouts
 from mirage_ros.worlds.generator import FLOOR_HEIGHT
@@ -115,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     samples = MemoryConditionedSamples(sequences, memory_config,
                                        SampleConfig(rollout_probability=args.rollout_probability),
                                        seed=args.seed, rollouts=rollouts)
-
-    def collate(items: list[dict]) -> dict:
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
     loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=collate, persistent_workers=args.workers > 0)

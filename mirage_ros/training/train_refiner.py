@@ -1,0 +1,83 @@
+"""Train the memory-read refiner on latents of a trained autoencoder.
+
+    mirage-train-refiner --data DATASET --autoencoder RUN/checkpoint --output RUN_RF --steps 3000
+
+Each example fills a latent memory with tokens of other frames of a sequence (up to ``--max-far``
+frames from anywhere in it: other routes past the same place, from other distances and angles, plus
+the frames right before the target), reads it at the target camera, and asks the refiner for the
+target frame's own latent on the cells the read covers (mean squared error there). The target latent
+is what the autoencoder makes of the true view, so the refiner learns to redraw the mosaic for the
+new viewpoint, a deterministic map: regression does not blur it into a mean. The latents are cached
+as for the denoiser (``--output/latents.safetensors``). Interrupt at any time: rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from mirage_ros.memory import LatentMemoryConfig
+from mirage_ros.model import MemoryReadRefiner, RGBDAutoencoder, load_component
+from mirage_ros.training.common import add_common_arguments, collate, train_loop
+from mirage_ros.training.latents import load_or_build_latent_sequences
+from mirage_ros.training.samples import MemoryConditionedSamples, SampleConfig
+from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
+
+
+def refiner_loss(model: MemoryReadRefiner, batch: dict,
+                 autoencoder: RGBDAutoencoder) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error of the refined read against the true latent over the covered cells, beside
+    the same error of the raw read (what the refiner improves on)."""
+    coverage = batch["coverage"].float()
+    depth = torch.where(batch["coverage"], autoencoder.normalize_depth(batch["memory_depth"]),
+                        torch.zeros_like(batch["memory_depth"]))
+    refined = model(batch["memory_latent"], coverage, depth, batch["alignment"])
+    mask = coverage.unsqueeze(1)
+    cells = mask.sum().clamp_min(1) * batch["target"].shape[1]
+    loss = (((refined.float() - batch["target"]) ** 2) * mask).sum() / cells
+    raw = (((batch["memory_latent"] - batch["target"]) ** 2) * mask).sum() / cells
+    return loss, {"mse_read": float(raw.detach())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--autoencoder", type=str, required=True, help="trained autoencoder checkpoint directory")
+    parser.add_argument("--memory-settings", type=Path, default=None,
+                        help="memory.json of the denoiser run (default: the default memory settings)")
+    parser.add_argument("--max-far", type=int, default=12, help="most frames from elsewhere in the sequence")
+    parser.add_argument("--hidden-channels", type=int, default=96)
+    parser.add_argument("--blocks", type=int, default=6)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+
+    autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
+    state = PartialState()
+    with state.main_process_first():
+        sequences = load_or_build_latent_sequences(autoencoder, args.data, "train", args.output / "latents.safetensors")
+    memory_config = (LatentMemoryConfig(**json.loads(args.memory_settings.read_text())) if args.memory_settings
+                     else LatentMemoryConfig(patch_size=autoencoder.downsample_factor))
+    if state.is_main_process:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
+    samples = MemoryConditionedSamples(sequences, memory_config,
+                                       SampleConfig(max_far=args.max_far, no_memory_probability=0.0,
+                                                    far_from_anywhere=True), seed=args.seed)
+    loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate, persistent_workers=args.workers > 0)
+    model = MemoryReadRefiner(latent_channels=autoencoder.config.latent_channels,
+                              hidden_channels=args.hidden_channels, num_blocks=args.blocks)
+    print(f"refiner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"{len(sequences)} training sequences")
+    train_loop(args, model, loader, partial(refiner_loss, autoencoder=autoencoder), "refiner")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
