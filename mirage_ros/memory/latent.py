@@ -34,12 +34,9 @@ from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, Reme
                                           intrinsics_tensor, pixel_rays, pose_tensor, to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
-FORMAT_VERSION = 3
-_BITS = 19
+FORMAT_VERSION = 2
+_BITS = 21
 _OFFSET = 1 << (_BITS - 1)
-#: Bits of a voxel key holding the token's scale level (the octave band of the depth it was seen at).
-_SCALE_BITS = 6
-_SCALE_OFFSET = 1 << (_SCALE_BITS - 1)
 FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen")
 
 
@@ -64,8 +61,6 @@ class LatentMemoryConfig:
     max_confidence: float = 8.0
     max_splat_radius: int = 1
     feature_dtype: str = "float16"
-    scale_step: float = 0.0
-    scale_preference: float = 0.0
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.capacity < 1 or self.max_splat_radius < 0:
@@ -106,18 +101,12 @@ def surface_normals(points: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     return _unit(normal)
 
 
-def voxel_keys(points: torch.Tensor, voxel_size: float, view_depths: torch.Tensor | None = None,
-               scale_step: float = 0.0) -> torch.Tensor:
-    """One int64 key per point: its voxel's integer coordinates packed 19 bits each (+-13 km at 5 cm)
-    above its scale level, ``floor(log2(view depth) / scale_step)`` (0 when ``scale_step`` is 0)."""
+def voxel_keys(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """One int64 key per point: its voxel's integer coordinates packed 21 bits each (+-52 km at 5 cm)."""
     cells = torch.floor(points / voxel_size).long() + _OFFSET
     if bool(((cells < 0) | (cells >= 1 << _BITS)).any()):
         raise ValueError("points too far from the origin for the voxel key range")
-    level = torch.zeros_like(cells[:, 0])
-    if scale_step > 0 and view_depths is not None:
-        level = (torch.floor(torch.log2(view_depths.double()) / scale_step).long() + _SCALE_OFFSET)
-        level = level.clamp(0, (1 << _SCALE_BITS) - 1)
-    return (((cells[:, 0] << (2 * _BITS)) | (cells[:, 1] << _BITS) | cells[:, 2]) << _SCALE_BITS) | level
+    return (cells[:, 0] << (2 * _BITS)) | (cells[:, 1] << _BITS) | cells[:, 2]
 
 
 def _group_mean(keys: torch.Tensor, values: list[torch.Tensor]
@@ -278,7 +267,7 @@ class LatentSpatialMemory:
         points, normals, features, view_depths, extents = self._lift(latent.to(torch.float64), depth, usable, K_t, pose)
         if points.shape[0] == 0:
             return 0
-        keys = voxel_keys(points, self.config.voxel_size, view_depths, self.config.scale_step)  # may raise: still nothing changed
+        keys = voxel_keys(points, self.config.voxel_size)  # may raise: still nothing changed
         self.channels = channels
         if self.features.shape[1] != channels:
             self._set_state(self._empty_state(channels))
@@ -375,15 +364,11 @@ class LatentSpatialMemory:
         ids = self._visible(eye, rotation, K_latent.float(), h, w)
         positions, normals = self.positions[ids], self.normals[ids]
         radius = None
-        camera_z = (positions - eye) @ pose[:3, 2].float()
-        preference = None
-        if self.config.scale_preference > 0:
-            scale_error = torch.log2(self.view_depths[ids].float() / camera_z.clamp_min(1e-6)).abs()
-            preference = self.config.scale_preference * scale_error
         if self.config.max_splat_radius and ids.numel():
+            camera_z = (positions - eye) @ pose[:3, 2].float()
             footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
             radius = torch.ceil((footprint - 1.0) / 2).long().clamp(0, self.config.max_splat_radius)
-        shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, preference)
+        shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals)
         covered = shown >= 0
         winner = ids[shown[covered]]
         latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)

@@ -45,7 +45,7 @@ FLOOR_SNAP = 0.06
 #: several per cent across a cell border (depth seam ratio 1.47 at 0.08, 1.25 at 0.2).
 SAME_SURFACE = 0.2
 #: Bits of the ordering key holding the candidate's distance to the pixel centre (1/64 pixel units).
-_CENTRE_BITS = 10
+_CENTRE_BITS = 8
 
 
 @dataclass
@@ -249,8 +249,8 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
 
 
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
-            splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None,
-            preference: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest point per pixel of an ``hw`` image.
 
     Returns ``winner [h*w]`` (index of the point shown at each pixel, -1 if none), ``depth [h*w]``
@@ -296,8 +296,6 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     if normals_world is not None:
         surface_normals = normals_world[ahead][keep].to(points_world.dtype) @ rotation
         surface_points, u_exact, v_exact = camera[keep], u[keep], v[keep]
-        handicap = (preference[ahead][keep].to(points_world.dtype) if preference is not None
-                    else torch.zeros_like(u_exact))
         K_inverse = torch.linalg.inv(K.double()).to(points_world.dtype)
     pixels, candidates, order_depth, true_depth, centre_distance = [], [], [], [], []
     # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
@@ -324,8 +322,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
             offset = (n * surface_points[members]).sum(1, keepdim=True)
             plane = torch.where(facing < -1e-3, offset / facing.clamp(max=-1e-3), depth)
             depth = torch.minimum(torch.maximum(plane, depth / 1.5), depth * 1.5)
-            centre_distance.append((torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)
-                                    + handicap[members, None])[valid])
+            centre_distance.append(torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)[valid])
         order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
     if not pixels:
         return winner, depth_out, hit
