@@ -138,3 +138,8 @@ def test_read_refiner_training_beats_the_raw_read_and_exports_with_the_model(tmp
     export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(tiny_checkpoint / "denoiser"),
                  "--refiner", str(rf / "checkpoint"), "--output", str(tmp_path / "model"), "--image-size", "64", "64"])
     assert WorldModel.from_pretrained(tmp_path / "model").refiner is not None
+    (tmp_path / "bad.json").write_text('{"memory": {"voxel_size": -1}}')
+    with pytest.raises(SystemExit):  # argparse's error exit, before anything is loaded
+        train_refiner.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "rf_bad"), "--autoencoder",
+                            str(tiny_checkpoint / "autoencoder"), "--memory-settings", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "rf_bad").exists()

@@ -59,6 +59,12 @@ def collate(items: list[dict]) -> dict:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
+def example_loader(samples: torch.utils.data.Dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
+    """Batches of ``samples`` (``args.batch_size`` examples stacked, drawn by ``args.workers`` processes)."""
+    return torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
+                                       collate_fn=collate, persistent_workers=args.workers > 0)
+
+
 def infinite(loader: torch.utils.data.DataLoader) -> Iterator:
     while True:
         yield from loader

@@ -23,7 +23,7 @@ from accelerate import PartialState
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import DenoiserCondition, MemoryConditionedDenoiser, RGBDAutoencoder, WorldModel, load_component
-from mirage_ros.training.common import add_common_arguments, collate, train_loop
+from mirage_ros.training.common import add_common_arguments, example_loader, train_loop
 from mirage_ros.training.latents import load_or_build_latent_sequences, weights_fingerprint
 from mirage_ros.training.rollouts import load_or_build_rollouts
 from mirage_ros.worlds.generator import FLOOR_HEIGHT
@@ -43,6 +43,13 @@ def sample_sigmas(batch: int, generator: torch.Generator | None = None) -> torch
 #: Where the memory settings of a denoiser run are written; ``mirage-export`` puts them into the
 #: checkpoint's ``world_model.json``, so inference builds memories exactly as training did.
 MEMORY_SETTINGS = "memory.json"
+
+
+def write_memory_settings(state: PartialState, output: Path, memory_config: LatentMemoryConfig) -> None:
+    """``output/memory.json`` (by the main process): how this run's example memories were built."""
+    if state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
 
 
 def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
@@ -109,15 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             args.output / "rollouts.safetensors")
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
-    if state.is_main_process:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
+    write_memory_settings(state, args.output, memory_config)
     samples = MemoryConditionedSamples(sequences, memory_config,
                                        SampleConfig(rollout_probability=args.rollout_probability),
                                        seed=args.seed, rollouts=rollouts)
-
-    loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
-                                         collate_fn=collate, persistent_workers=args.workers > 0)
+    loader = example_loader(samples, args)
     if args.init_from is not None:
         model = load_component(MemoryConditionedDenoiser, args.init_from)
     else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from accelerate import PartialState
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import MemoryReadRefiner, RGBDAutoencoder, load_component
-from mirage_ros.training.common import add_common_arguments, collate, train_loop
+from mirage_ros.training.common import add_common_arguments, example_loader, train_loop
 from mirage_ros.training.latents import load_or_build_latent_sequences
 from mirage_ros.training.samples import MemoryConditionedSamples, SampleConfig
-from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
+from mirage_ros.training.train_denoiser import write_memory_settings
 
 
 def refiner_loss(model: MemoryReadRefiner, batch: dict,
@@ -50,32 +49,36 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--autoencoder", type=str, required=True, help="trained autoencoder checkpoint directory")
     parser.add_argument("--memory-settings", type=Path, default=None,
-                        help="memory.json of the denoiser run (default: the default memory settings)")
+                        help="the memory settings to read with: a denoiser run's memory.json or a checkpoint's "
+                             "world_model.json (default: the default settings, those of the shipped model)")
     parser.add_argument("--max-far", type=int, default=12, help="most frames from elsewhere in the sequence")
     parser.add_argument("--hidden-channels", type=int, default=96)
     parser.add_argument("--blocks", type=int, default=6)
     args = parser.parse_args(argv)
+    memory_config = None
+    if args.memory_settings is not None:
+        try:
+            settings = json.loads(args.memory_settings.read_text())
+            memory_config = LatentMemoryConfig(**settings.get("memory", settings))
+        except (OSError, AttributeError, json.JSONDecodeError, TypeError, ValueError) as error:
+            parser.error(f"--memory-settings {args.memory_settings}: not memory settings ({error})")
     torch.manual_seed(args.seed)
 
     autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
     state = PartialState()
     with state.main_process_first():
         sequences = load_or_build_latent_sequences(autoencoder, args.data, "train", args.output / "latents.safetensors")
-    memory_config = (LatentMemoryConfig(**json.loads(args.memory_settings.read_text())) if args.memory_settings
-                     else LatentMemoryConfig(patch_size=autoencoder.downsample_factor))
-    if state.is_main_process:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / MEMORY_SETTINGS).write_text(json.dumps(asdict(memory_config), indent=2) + "\n")
+    if memory_config is None:
+        memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor)
+    write_memory_settings(state, args.output, memory_config)
     samples = MemoryConditionedSamples(sequences, memory_config,
                                        SampleConfig(max_far=args.max_far, no_memory_probability=0.0,
                                                     far_from_anywhere=True), seed=args.seed)
-    loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers,
-                                         collate_fn=collate, persistent_workers=args.workers > 0)
     model = MemoryReadRefiner(latent_channels=autoencoder.config.latent_channels,
                               hidden_channels=args.hidden_channels, num_blocks=args.blocks)
     print(f"refiner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(sequences)} training sequences")
-    train_loop(args, model, loader, partial(refiner_loss, autoencoder=autoencoder), "refiner")
+    train_loop(args, model, example_loader(samples, args), partial(refiner_loss, autoencoder=autoencoder), "refiner")
     return 0
 
 
