@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
-                                          intrinsics_tensor, pixel_rays, pose_tensor, to_pixel_grid, to_world, zbuffer)
+                                          intrinsics_tensor, pixel_rays, pose_tensor, project, to_pixel_grid, to_world,
+                                          zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 2
@@ -339,9 +340,7 @@ class LatentSpatialMemory:
         camera = (self.positions - eye) @ rotation
         z = camera[:, 2]
         margin = self.config.max_splat_radius + 1
-        depth = z.clamp_min(NEAR_PLANE)
-        u = (K_latent[0, 0] * camera[:, 0] + K_latent[0, 1] * camera[:, 1]) / depth + K_latent[0, 2]
-        v = K_latent[1, 1] * camera[:, 1] / depth + K_latent[1, 2]
+        u, v = project(camera, K_latent, z.clamp_min(NEAR_PLANE))
         candidate = ((z > NEAR_PLANE) & (u > -margin - 0.5) & (u < w + margin - 0.5)
                      & (v > -margin - 0.5) & (v < h + margin - 0.5))
         ids = torch.nonzero(candidate).squeeze(1)
@@ -384,11 +383,10 @@ class LatentSpatialMemory:
         # Sub-cell misalignment: where each shown token's point projects, minus its cell's centre.
         offsets = torch.zeros((h * w, 2), device=self.device)
         shown_camera = (self.positions[winner] - eye) @ rotation
-        z = shown_camera[:, 2].clamp_min(NEAR_PLANE)
-        K32 = K_latent.float()
+        u, v = project(shown_camera, K_latent.float(), shown_camera[:, 2].clamp_min(NEAR_PLANE))
         cell = torch.nonzero(covered).squeeze(1)
-        offsets[covered, 0] = (K32[0, 0] * shown_camera[:, 0] + K32[0, 1] * shown_camera[:, 1]) / z + K32[0, 2] - cell % w
-        offsets[covered, 1] = K32[1, 1] * shown_camera[:, 1] / z + K32[1, 2] - torch.div(cell, w, rounding_mode="floor")
+        offsets[covered, 0] = u - cell % w
+        offsets[covered, 1] = v - torch.div(cell, w, rounding_mode="floor")
         self.last_seen[ids[hit]] = self.write_count
         coverage = covered.reshape(h, w)
         self.last_read_coverage = float(coverage.float().mean())

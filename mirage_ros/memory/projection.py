@@ -244,6 +244,11 @@ def cell_layout(height: int, width: int, h: int, w: int, device: torch.device
     return index, weight, index == own, own
 
 
+def project(camera: torch.Tensor, K: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``(u, v)`` of camera-frame points ``[N,3]`` seen at depths ``z [N]`` through ``K``."""
+    return (K[0, 0] * camera[:, 0] + K[0, 1] * camera[:, 1]) / z + K[0, 2], K[1, 1] * camera[:, 1] / z + K[1, 2]
+
+
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
     return points_camera @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 
@@ -286,9 +291,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     # Cull on the cheap first: behind the camera, NaN (culled by the caller) or outside the grid.
     ahead = torch.nonzero(z > NEAR_PLANE).squeeze(1)
     z, camera, radius = z[ahead], camera[ahead], radius[ahead]
-    K32 = K.to(points_world.dtype)
-    u = (K32[0, 0] * camera[:, 0] + K32[0, 1] * camera[:, 1]) / z + K32[0, 2]
-    v = K32[1, 1] * camera[:, 1] / z + K32[1, 2]
+    u, v = project(camera, K.to(points_world.dtype), z)
     ui, vi = torch.round(u).long(), torch.round(v).long()
     inside = (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
     keep = torch.nonzero(inside).squeeze(1)

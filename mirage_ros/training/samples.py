@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mirage_ros.memory import Frame, LatentMemoryConfig, LatentSpatialMemory, write_back
+from mirage_ros.model.read_refiner import ALIGNMENT_CHANNELS
 from mirage_ros.model.world_model import motion_features
 
 
@@ -81,7 +82,7 @@ class MemoryConditionedSamples(Dataset):
 
         channels, h, w = latents.shape[1:]
         memory_latent, coverage = torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool)
-        memory_depth, alignment = torch.zeros(h, w), torch.zeros(3, h, w)
+        memory_depth, alignment = torch.zeros(h, w), torch.zeros(ALIGNMENT_CHANNELS, h, w)
         if rng.random() >= self.config.no_memory_probability:
             recent = list(range(max(0, j - int(rng.integers(1, self.config.max_recent + 1))), j))
             earlier = list(range(0, recent[0]))

@@ -7,7 +7,8 @@ frames from anywhere in it: other routes past the same place, from other distanc
 the frames right before the target), reads it at the target camera, and asks the refiner for the
 target frame's own latent on the cells the read covers (mean squared error there). The target latent
 is what the autoencoder makes of the true view, so the refiner learns to redraw the mosaic for the
-new viewpoint, a deterministic map: regression does not blur it into a mean. The latents are cached
+new viewpoint. Examples hold ground-truth latents only (the model card says what that costs on
+memories of generated frames), and the regression redraws softly. The latents are cached
 as for the denoiser (``--output/latents.safetensors``). Interrupt at any time: rerunning resumes.
 """
 
