@@ -32,9 +32,11 @@ def patch_range(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nanmin(cells, -1), np.nanmax(cells, -1)
 
 
-@pytest.mark.parametrize("feature_dtype", ["float32", "float16"])
-def test_write_then_read_at_the_same_view_is_exact(feature_dtype):
-    memory = LatentSpatialMemory(LatentMemoryConfig(feature_dtype=feature_dtype, max_splat_radius=0))
+@pytest.mark.parametrize("feature_dtype, splat", [("float32", 0), ("float16", 0), ("float32", 1), ("float16", 2)])
+def test_write_then_read_at_the_same_view_is_exact(feature_dtype, splat):
+    # With splats on, a token read from its writer's pose has a footprint of one cell up to rounding: it
+    # must not spill over its neighbours (it did: 15 % of cells showed a neighbour's token, -7 dB).
+    memory = LatentSpatialMemory(LatentMemoryConfig(feature_dtype=feature_dtype, max_splat_radius=splat))
     features = latent().to(getattr(torch, feature_dtype)).float()  # values the storage holds exactly
     depth = depth_at(A)
     depth[:40, :36] = np.nan  # no depth there: those tokens must not exist
@@ -332,3 +334,34 @@ def test_read_alignment_says_where_each_token_sits_and_at_what_scale():
     covered = closer.coverage
     expected = torch.log2((closer.depth[covered] + 1.0) / closer.depth[covered])  # 1 m nearer along the axis
     torch.testing.assert_close(closer.alignment[2, covered], expected, atol=2e-3, rtol=0)
+
+
+def test_tokens_keep_whether_they_were_observed_or_imagined(tmp_path):
+    """Provenance: a real observation writes observed tokens, the model's own frames imagined ones;
+    fusing both keeps the observed share; it survives save / load, and format-2 files load as imagined."""
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(1), depth_at(A), CAMERA.K, A, observed=True)
+    read = memory.read(A, CAMERA.K, (16, 16))
+    assert torch.all(read.observed[read.coverage] == 1) and torch.all(read.observed[~read.coverage] == 0)
+    memory.write(latent(2), depth_at(A), CAMERA.K, A)  # imagined, the same voxels: fused half and half
+    fused = memory.read(A, CAMERA.K, (16, 16))
+    torch.testing.assert_close(fused.observed[fused.coverage], torch.full((int(fused.coverage.sum()),), 0.5))
+    memory.write(latent(3), depth_at(B), CAMERA.K, B)  # imagined, partly new voxels
+    read = memory.read(B, CAMERA.K, (16, 16))
+    assert (read.observed[read.coverage] == 0).any()
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    loaded = LatentSpatialMemory(EXACT)
+    loaded.load(path)
+    assert torch.equal(loaded.read(B, CAMERA.K, (16, 16)).observed, read.observed)
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = {**handle.metadata(), "format_version": "2"}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != "observed"}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=metadata)
+    old = LatentSpatialMemory(EXACT)
+    old.load(tmp_path / "old.safetensors")
+    old_read = old.read(B, CAMERA.K, (16, 16))
+    assert torch.equal(old_read.latent, read.latent) and not old_read.observed.any()

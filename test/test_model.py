@@ -241,6 +241,23 @@ def test_read_refiner_redraws_remembered_cells_only_and_travels_with_the_checkpo
     pose = poses(1)[0]
     np.testing.assert_array_equal(plain.step(pose).rgb, refined_model.step(pose).rgb)
 
+    # A refiner trained on memories of real frames leaves the model's imagined tokens as they are: a
+    # view read from a memory of generated frames only is decoded as without one; one that
+    # redraws_imagined changes it.
+    redrawing = MemoryReadRefiner(latent_channels=4, hidden_channels=16, num_blocks=1, redraws_imagined=True)
+    redrawing.load_state_dict(refiner.state_dict())
+    outputs = []
+    for model_refiner in (None, refiner.eval(), redrawing.eval()):
+        model = tiny_model()
+        model.refiner = model_refiner
+        model.reset(*observation(), CAMERA.K, START)
+        away = look_at((-2.0, 0.0, 1.0), (-9.0, 2.0, 1.0))  # facing away from everything observed
+        model.step(away)
+        turned = look_at((-2.05, 0.0, 1.0), (-9.0, 2.4, 1.0))  # then nearly the same view again
+        outputs.append(model.step(turned).rgb)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])
+
     refined_model.refiner = refiner.eval()
     refined_model.save_pretrained(tmp_path / "ckpt")
     loaded = WorldModel.from_pretrained(tmp_path / "ckpt")

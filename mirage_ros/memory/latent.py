@@ -9,6 +9,8 @@ also keeps the depth it was seen at (fused like its features), because its featu
 seen from there. Tokens are keyed by voxel: repeated observations of a voxel fuse (confidence-weighted
 running mean, confidence capped so newer observations keep a say) instead of appending, and past
 ``capacity`` voxels the least recently seen are evicted, so memory stops growing once a place is known.
+Each token also keeps its provenance: the share of its fused observations that were real (``observe``)
+rather than imagined (the model's own frames), so a read can tell observed content from imagined.
 
 Read (query): stored points are projected into the target camera on the latent grid and the nearest
 surface per latent pixel wins in a deterministic z-buffer (see ``projection.py``). A token seen from
@@ -35,10 +37,12 @@ from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, Reme
                                           zbuffer)
 from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
+_FORMAT_WITHOUT_PROVENANCE = "2"
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
-FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen")
+FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen", "observed")
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ class LatentSpatialMemory:
                 "view_depths": torch.zeros(0, dtype=torch.float16, device=self.device),
                 "weights": torch.zeros(0, dtype=torch.float32, device=self.device),
                 "extents": torch.zeros(0, dtype=torch.float32, device=self.device),
-                "last_seen": torch.zeros(0, dtype=torch.long, device=self.device)}
+                "last_seen": torch.zeros(0, dtype=torch.long, device=self.device),
+                "observed": torch.zeros(0, dtype=torch.float16, device=self.device)}
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
         for name in FIELDS:
@@ -201,6 +206,8 @@ class LatentSpatialMemory:
         if count and not (bool((tensors["view_depths"] > 0).all()) and bool((tensors["weights"] > 0).all())
                           and bool((tensors["extents"] > 0).all())):
             raise ValueError("view depths, weights and extents must be positive")
+        if count and not bool(((tensors["observed"] >= 0) & (tensors["observed"] <= 1)).all()):
+            raise ValueError("observed shares must lie in [0, 1]")
         return {name: tensors[name].to(self.device) for name in FIELDS}, channels
 
     # ------------------------------------------------------------------ write
@@ -246,12 +253,13 @@ class LatentSpatialMemory:
 
     @torch.inference_mode()
     def write(self, latent: torch.Tensor, depth: np.ndarray | torch.Tensor, K: np.ndarray,
-              cam_to_world: np.ndarray, valid: np.ndarray | torch.Tensor | None = None) -> int:
+              cam_to_world: np.ndarray, valid: np.ndarray | torch.Tensor | None = None, observed: bool = False) -> int:
         """Lift a frame's tokens into the memory; returns how many tokens were written.
 
         ``latent [C,h,w]``, ``depth [H,W]`` metres with ``H = h * patch_size``, ``K`` at image resolution,
         ``cam_to_world`` in the optical convention, ``valid [H,W]`` bool (pixels allowed to become
-        memory). Raises ``ValueError`` naming the bad argument; a failed write changes nothing.
+        memory), ``observed``: a real observation (else the model's own imagined frame). Raises
+        ``ValueError`` naming the bad argument; a failed write changes nothing.
         """
         latent = torch.as_tensor(latent, device=self.device)
         if latent.dim() != 3 or not latent.is_floating_point():
@@ -274,13 +282,14 @@ class LatentSpatialMemory:
             self._set_state(self._empty_state(channels))
         self.write_count += 1
         self.observations += int(points.shape[0])
-        self._fuse(keys, points, normals, features, view_depths.log(), extents)
+        self._fuse(keys, points, normals, features, view_depths.log(), extents, float(observed))
         return int(points.shape[0])
 
     def _fuse(self, keys: torch.Tensor, points: torch.Tensor, normals: torch.Tensor, features: torch.Tensor,
-              log_depths: torch.Tensor, extents: torch.Tensor) -> None:
-        """Merge new tokens into the store; features and the depths they encode (mixed in log space)
-        get the same weights."""
+              log_depths: torch.Tensor, extents: torch.Tensor, observed: float) -> None:
+        """Merge new tokens into the store; features, the depths they encode (mixed in log space) and
+        the observed share (``observed``: 1 for a real observation, 0 for an imagined frame) get the
+        same weights."""
         new_keys, (new_points, new_normals, new_features, new_log_depths), counts, group = _group_mean(
             keys, [points, normals, features, log_depths])
         new_extents = torch.full((new_keys.numel(),), float("inf"), dtype=torch.float64, device=self.device)
@@ -305,6 +314,7 @@ class LatentSpatialMemory:
             self.weights[old] = total.clamp(max=self.config.max_confidence).float()
             self.extents[old] = torch.minimum(self.extents[old], new_extents[found].float())
             self.last_seen[old] = self.write_count
+            self.observed[old] = (self.observed[old].double() * (1 - mix) + observed * mix).half()
         fresh = ~found
         if fresh.any():
             merged_keys = torch.cat([self.keys, new_keys[fresh]])
@@ -318,6 +328,8 @@ class LatentSpatialMemory:
             self.extents = torch.cat([self.extents, new_extents[fresh].float()])[order]
             self.last_seen = torch.cat([self.last_seen, torch.full((int(fresh.sum()),), self.write_count,
                                                                    dtype=torch.long, device=self.device)])[order]
+            self.observed = torch.cat([self.observed, torch.full((int(fresh.sum()),), observed,
+                                                                 dtype=torch.float16, device=self.device)])[order]
         self._evict()
 
     def _evict(self) -> None:
@@ -366,7 +378,8 @@ class LatentSpatialMemory:
         if self.config.max_splat_radius and ids.numel():
             camera_z = (positions - eye) @ pose[:3, 2].float()
             footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)  # latent pixels
-            radius = torch.ceil((footprint - 1.0) / 2).long().clamp(0, self.config.max_splat_radius)
+            # (a token read from where it was written has footprint 1 up to rounding: no splat)
+            radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius)
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals)
         covered = shown >= 0
         winner = ids[shown[covered]]
@@ -387,17 +400,21 @@ class LatentSpatialMemory:
         cell = torch.nonzero(covered).squeeze(1)
         offsets[covered, 0] = u - cell % w
         offsets[covered, 1] = v - torch.div(cell, w, rounding_mode="floor")
+        observed = torch.zeros(h * w, device=self.device)
+        observed[covered] = self.observed[winner].float()
         self.last_seen[ids[hit]] = self.write_count
         coverage = covered.reshape(h, w)
         self.last_read_coverage = float(coverage.float().mean())
         return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w),
-                          source_depth.reshape(h, w), planes.reshape(h, w, 4), offsets.reshape(h, w, 2))
+                          source_depth.reshape(h, w), planes.reshape(h, w, 4), offsets.reshape(h, w, 2),
+                          observed.reshape(h, w))
 
     # ------------------------------------------------------------------ the SpatialMemory protocol
     def write_frame(self, frame: Frame, valid: torch.Tensor) -> int:
         """Lift ``frame``'s tokens where ``valid``; the first frame with colour after a clear also fits
         the display colours of tokens (``points``)."""
-        written = self.write(frame.latent, frame.depth, frame.K, frame.cam_to_world, valid=valid)
+        written = self.write(frame.latent, frame.depth, frame.K, frame.cam_to_world, valid=valid,
+                             observed=frame.observed)
         if self._feature_to_rgb is None and frame.rgb is not None:
             self._feature_to_rgb = fit_feature_colors(frame.latent, frame.rgb, self.config.patch_size)
         return written
@@ -417,7 +434,7 @@ class LatentSpatialMemory:
         log_scale = torch.where(read.coverage, torch.log2(read.source_depth / read.depth), torch.zeros_like(read.depth))
         alignment = torch.cat([read.offsets.permute(2, 0, 1), log_scale[None]])
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                          to_pixel_grid(read.coverage, p), surfaces, alignment)
+                          to_pixel_grid(read.coverage, p), surfaces, alignment, read.observed)
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():
@@ -484,7 +501,9 @@ class LatentSpatialMemory:
             raise ValueError(f"{path}: not a readable safetensors memory file ({error})") from error
         if metadata.get("format") != "mirage_ros.LatentSpatialMemory":
             raise ValueError(f"{path}: not a LatentSpatialMemory file")
-        if metadata.get("format_version") != str(FORMAT_VERSION):
+        if metadata.get("format_version") == _FORMAT_WITHOUT_PROVENANCE and "keys" in tensors:
+            tensors["observed"] = torch.zeros(tensors["keys"].shape[:1], dtype=torch.float16)
+        elif metadata.get("format_version") != str(FORMAT_VERSION):
             raise ValueError(f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}")
         try:
             saved = json.loads(metadata["config"])

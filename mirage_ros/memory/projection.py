@@ -64,6 +64,9 @@ class MemoryRead:
     ``offsets [h,w,2]``: where each shown token's point projects, relative to the centre of the cell
     that shows it (latent pixels, x then y; 0 where uncovered): the sub-cell misalignment of the
     mosaic, which a read refiner undoes (``model/read_refiner.py``).
+
+    ``observed [h,w]``: the share of each shown token's fused observations that were real rather than
+    imagined (0 where uncovered).
     """
 
     latent: torch.Tensor
@@ -72,6 +75,7 @@ class MemoryRead:
     source_depth: torch.Tensor
     planes: torch.Tensor
     offsets: torch.Tensor
+    observed: torch.Tensor
 
     @property
     def coverage_fraction(self) -> float:

@@ -25,7 +25,8 @@ class Frame:
     ``rgb [3,H,W]`` float in [0, 1] (``None`` where only latents are known, as in training examples;
     the explicit baseline needs it); ``depth [H,W]`` metres along the optical axis (NaN or <= 0: no
     depth); ``latent [C,h,w]`` the autoencoder's tokens of this frame (``H = h * patch``); ``K [3,3]``
-    intrinsics at ``H x W``; ``cam_to_world [4,4]`` optical-frame camera pose in the memory frame.
+    intrinsics at ``H x W``; ``cam_to_world [4,4]`` optical-frame camera pose in the memory frame;
+    ``observed``: a real observation (else a frame the model imagined).
     """
 
     rgb: torch.Tensor | None
@@ -33,6 +34,7 @@ class Frame:
     latent: torch.Tensor
     K: np.ndarray
     cam_to_world: np.ndarray
+    observed: bool = False
 
 
 @dataclass
@@ -47,6 +49,8 @@ class MemoryView:
     view is already aligned, as a re-encoded render is): how each remembered token sits in this view,
     its sub-cell offset (x, y, latent pixels) and ``log2`` of the depth it was seen at over its depth
     here (0 where uncovered); what a ``MemoryReadRefiner`` needs to redraw the mosaic for this view.
+    ``observed [h,w]`` (latent memory; else ``None``): the share of each remembered token's
+    observations that were real rather than imagined (0 where uncovered).
     """
 
     latent: torch.Tensor
@@ -55,6 +59,7 @@ class MemoryView:
     pixel_coverage: torch.Tensor
     surfaces: RememberedSurfaces | None = None
     alignment: torch.Tensor | None = None
+    observed: torch.Tensor | None = None
 
     @property
     def coverage_fraction(self) -> float:

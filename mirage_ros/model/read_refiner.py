@@ -9,6 +9,11 @@ The refiner redraws the remembered cells in one deterministic pass over the late
 each token really projects (sub-cell offset) and at what scale it was seen (``MemoryView.alignment``).
 It predicts a residual, zero at initialisation, so an untrained refiner is the plain read. Being
 deterministic, it shows a revisited place identically every time; the memory keeps the raw tokens.
+
+A refiner is used only on the memories it learned from: one trained on memories of real frames
+(``redraws_imagined=False``, what ``mirage-train-refiner`` trains) redraws observed tokens and leaves
+the model's imagined ones as read (``WorldModel`` gates it by ``MemoryView.observed``): on memories of
+its own imagined frames such a refiner drifts (the model card shows the collapse).
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from torch import nn
 
 #: Alignment channels of a read: sub-cell offset x, y (latent pixels), log2 of seen-at over current depth.
 ALIGNMENT_CHANNELS = 3
+#: Misalignment (largest of the offset in cells and the log2 scale) up to which a token is kept as read,
+#: and from which it is wholly redrawn (linear between): a token read from about where it was written is
+#: the autoencoder's own latent of that view, and a regression can only lose detail there.
+KEEP_BELOW, REDRAW_ABOVE = 0.125, 0.5
+
+
+def redraw_weight(alignment: torch.Tensor) -> torch.Tensor:
+    """How much of the refiner's redraw each cell takes, ``[h,w]`` in [0, 1], from ``alignment [3,h,w]``."""
+    misalignment = alignment.abs().amax(0)
+    return ((misalignment - KEEP_BELOW) / (REDRAW_ABOVE - KEEP_BELOW)).clamp(0, 1)
 
 
 class _ResidualBlock(nn.Module):
@@ -33,10 +48,13 @@ class _ResidualBlock(nn.Module):
 
 
 class MemoryReadRefiner(ModelMixin, ConfigMixin):
+    """``redraws_imagined``: trained on memories of imagined frames too, so it may redraw their tokens."""
+
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, latent_channels: int = 8, hidden_channels: int = 96, num_blocks: int = 6) -> None:
+    def __init__(self, latent_channels: int = 8, hidden_channels: int = 96, num_blocks: int = 6,
+                 redraws_imagined: bool = False) -> None:
         super().__init__()
         in_channels = latent_channels + 2 + ALIGNMENT_CHANNELS  # read latent, coverage, depth, alignment
         self.stem = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)

@@ -38,7 +38,7 @@ from mirage_ros.memory.projection import RayCache, clamp_to_floor
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
-from mirage_ros.model.read_refiner import MemoryReadRefiner
+from mirage_ros.model.read_refiner import MemoryReadRefiner, redraw_weight
 from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
 
 MEMORY_KINDS = ("latent", "explicit", "none")
@@ -287,7 +287,7 @@ class WorldModel:
         rgb_t, depth_t = resize_observation(rgb, depth, self.image_size)
         rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
         latent = self._encode(rgb_t[None], depth_t[None])[0]
-        written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world), view=None)
+        written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world, observed=True), view=None)
         self.K = K
         self._cameras[:1] = [CameraTrack(latent, cam_to_world)]
         return written
@@ -407,18 +407,26 @@ class WorldModel:
 
     def _read(self, cam_to_world: np.ndarray, surface_depth: bool) -> MemoryView:
         """The memory's view at ``cam_to_world``, its token mosaic redrawn by the refiner where there is
-        one and the memory says how its tokens sit in the view (``MemoryView.alignment``). Refined tokens
+        one and the memory says how its tokens sit in the view (``MemoryView.alignment``): on the tokens
+        the refiner learned to redraw (observed ones, unless it ``redraws_imagined``). Refined tokens
         are at this view's scale, so their decoded depth needs no rescaling."""
         view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth)
-        if self.refiner is None or view.alignment is None or not bool(view.coverage.any()):
+        if self.refiner is None or view.alignment is None:
+            return view
+        redrawn = view.coverage
+        if not self.refiner.config.redraws_imagined and view.observed is not None:
+            redrawn = redrawn & (view.observed >= 0.5)
+        if not bool(redrawn.any()):
             return view
         depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))
         with self._autocast():
-            latent = self.refiner(view.latent[None], view.coverage[None].float(), depth[None],
-                                  view.alignment[None])[0].float()
+            refined = self.refiner(view.latent[None], view.coverage[None].float(), depth[None],
+                                   view.alignment[None])[0].float()
+        weight = redraw_weight(view.alignment) * redrawn
         surfaces = view.surfaces
-        if surfaces is not None:
-            surfaces = replace(surfaces, cell_scale=torch.ones_like(surfaces.cell_scale))
+        if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
+            surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))
+        latent = view.latent + weight * (refined - view.latent)
         return replace(view, latent=latent, surfaces=surfaces, alignment=None)
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
