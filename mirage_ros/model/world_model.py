@@ -416,13 +416,13 @@ class WorldModel:
         redrawn = view.coverage
         if not self.refiner.config.redraws_imagined and view.observed is not None:
             redrawn = redrawn & (view.observed >= 0.5)
-        if not bool(redrawn.any()):
+        weight = redraw_weight(view.alignment) * redrawn
+        if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
         depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))
         with self._autocast():
             refined = self.refiner(view.latent[None], view.coverage[None].float(), depth[None],
                                    view.alignment[None])[0].float()
-        weight = redraw_weight(view.alignment) * redrawn
         surfaces = view.surfaces
         if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
             surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))
