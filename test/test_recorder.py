@@ -48,7 +48,12 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
             command = Twist()
             command.linear.x, command.angular.z = 0.3, 0.4
             client.node.create_timer(0.05, lambda: cmd_vel.publish(command))
-            client.spin_until(lambda: len(live.images) > 50, timeout=90, what="50 frames")  # the recorder joins later
+            # The recorder starts in parallel and may be slow to come up on a loaded machine: count the 50 frames
+            # from the moment it subscribed, so a slow start cannot leave it with nothing to write.
+            client.spin_until(lambda: client.node.count_subscribers("/camera/image_raw") >= 2, timeout=90,
+                              what="the recorder to subscribe")
+            joined = len(live.images)
+            client.spin_until(lambda: len(live.images) > joined + 50, timeout=90, what="50 recorded frames")
     finally:
         stop(recorder)  # Ctrl-C: the recorder finishes the bag
     assert not (tmp_path / ".rollout.partial").exists()
