@@ -137,9 +137,58 @@ def test_read_refiner_training_beats_the_raw_read_and_exports_with_the_model(tmp
     assert sum(r["loss"] for r in late) < 0.9 * sum(r["mse_read"] for r in late)
     export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(tiny_checkpoint / "denoiser"),
                  "--refiner", str(rf / "checkpoint"), "--output", str(tmp_path / "model"), "--image-size", "64", "64"])
-    assert WorldModel.from_pretrained(tmp_path / "model").refiner is not None
+    assert not WorldModel.from_pretrained(tmp_path / "model").refiner.config.redraws_imagined
+
+    # Continued on memories of the model's own rollouts: the rollouts keep what they showed, and the
+    # refiner, which has now learned on imagined memories, is marked to redraw imagined tokens too.
+    train_refiner.main(["--data", str(tmp_path / "data"), "--batch-size", "4", "--log-every", "1", "--workers", "0",
+                        "--mixed-precision", "no", "--output", str(tmp_path / "rf2"), "--steps", "3", "--lr", "1e-3",
+                        "--autoencoder", str(tiny_checkpoint / "autoencoder"), "--init-from", str(rf / "checkpoint"),
+                        "--rollouts-from", str(tiny_checkpoint), "--rollout-probability", "1", "--max-far", "4"])
+    rollouts = load_sequences(tmp_path / "rf2" / "rollouts.safetensors", {"split": "train"})
+    assert [tuple(colour.shape) for colour in rollouts.rgb] == [(10, 3, 64, 64)] * 2
+    assert len(losses(tmp_path / "rf2")) == 3
+    export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(tiny_checkpoint / "denoiser"),
+                 "--refiner", str(tmp_path / "rf2" / "checkpoint"), "--output", str(tmp_path / "model2"),
+                 "--image-size", "64", "64"])
+    assert WorldModel.from_pretrained(tmp_path / "model2").refiner.config.redraws_imagined
     (tmp_path / "bad.json").write_text('{"memory": {"voxel_size": -1}}')
     with pytest.raises(SystemExit):  # argparse's error exit, before anything is loaded
         train_refiner.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "rf_bad"), "--autoencoder",
                             str(tiny_checkpoint / "autoencoder"), "--memory-settings", str(tmp_path / "bad.json")])
     assert not (tmp_path / "rf_bad").exists()
+
+
+def test_imagined_read_targets_render_the_remembered_frames_at_the_target_camera(tmp_path):
+    """``ImaginedReadSamples``: the target of a read of remembered (here: true) frames is those frames'
+    colour and depth rendered at the target camera and re-encoded, so on the cells the refiner redraws
+    wholly (misaligned tokens) it is closer to the target frame's own latent than the read's mosaic."""
+    from mirage_ros.memory import LatentMemoryConfig
+    from mirage_ros.model import DEFAULT_CHECKPOINT, load_component
+    from mirage_ros.model.read_refiner import REDRAW_ABOVE
+    from mirage_ros.training.latents import encode_sequences
+    from mirage_ros.training.samples import ImaginedReadSamples, LatentSequences, SampleConfig
+    from mirage_ros.worlds.dataset import SequenceDataset
+
+    torch.set_num_threads(2)
+    write_dataset(tmp_path / "data", "train", worlds=1, sequences_per_world=1, frames=10, workers=1, progress=False)
+    autoencoder = load_component(RGBDAutoencoder, DEFAULT_CHECKPOINT / "autoencoder").requires_grad_(False)
+    frames = SequenceDataset(tmp_path / "data", "train")
+    true = encode_sequences(autoencoder, frames)
+    colour = [frames[0]["rgb"].permute(0, 3, 1, 2).contiguous()]
+    with pytest.raises(ValueError, match="decoded colour"):
+        ImaginedReadSamples(true, LatentMemoryConfig(), autoencoder)
+    remembered = LatentSequences(true.latents, true.depths, true.intrinsics, true.poses, colour)
+    samples = ImaginedReadSamples(remembered, LatentMemoryConfig(), autoencoder, SampleConfig(max_far=4))
+    latents = true.latents[0].float()
+    scored = mosaic_error = target_error = 0.0
+    for index in range(40):
+        example = samples[index]
+        assert set(example["weight"].unique().tolist()) <= {0.0, 1.0}
+        j = 1 + int(((latents - example["context"]) ** 2).flatten(1).sum(1).argmin())  # context is frame j - 1
+        redrawn = example["weight"].bool() & example["coverage"] & (example["alignment"].abs().amax(0) >= REDRAW_ABOVE)
+        scored += float(redrawn.sum())
+        target_error += float(((example["target"] - latents[j]) ** 2).sum(0)[redrawn].sum())
+        mosaic_error += float(((example["memory_latent"] - latents[j]) ** 2).sum(0)[redrawn].sum())
+    assert scored > 200
+    assert target_error < 0.85 * mosaic_error

@@ -34,13 +34,15 @@ def weights_fingerprint(*modules: torch.nn.Module) -> str:
 
 
 def save_sequences(sequences: LatentSequences, cache: Path, metadata: dict[str, str]) -> None:
-    """Write ``sequences`` (fp16 latents and depths) to ``cache`` atomically, with ``metadata``."""
+    """Write ``sequences`` (fp16 latents and depths, uint8 colour when kept) to ``cache`` atomically, with ``metadata``."""
     tensors = {}
     for i in range(len(sequences)):
         tensors[f"latent.{i}"] = sequences.latents[i].half().contiguous()
         tensors[f"depth.{i}"] = sequences.depths[i].half().contiguous()
         tensors[f"K.{i}"] = torch.from_numpy(sequences.intrinsics[i])
         tensors[f"pose.{i}"] = torch.from_numpy(sequences.poses[i])
+        if sequences.rgb is not None:
+            tensors[f"rgb.{i}"] = sequences.rgb[i].contiguous()
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(cache.name + ".partial")
     save_file(tensors, str(partial), metadata={**metadata, "sequences": str(len(sequences))})
@@ -57,9 +59,10 @@ def load_sequences(cache: Path, metadata: dict[str, str]) -> LatentSequences | N
             return None
         count = int(stored["sequences"])
         get = handle.get_tensor
+        rgb = [get(f"rgb.{i}") for i in range(count)] if "rgb.0" in handle.keys() else None
         return LatentSequences([get(f"latent.{i}") for i in range(count)], [get(f"depth.{i}") for i in range(count)],
                                [get(f"K.{i}").numpy() for i in range(count)],
-                               [get(f"pose.{i}").numpy() for i in range(count)])
+                               [get(f"pose.{i}").numpy() for i in range(count)], rgb)
 
 
 @torch.no_grad()

@@ -5,8 +5,9 @@ so the denoiser meets memories and context latents made of its own (blurrier, im
 train on that, each training sequence is driven once by a ``WorldModel`` exactly as the simulator
 drives it (``reset`` with the true first frame, then ``step`` at every pose of the trajectory, floor
 known), and the generated latents with the depth that placed them in memory are cached. Examples
-drawn from a rollout (``samples.py``) build their memory and context from these generated frames and
-learn to predict the true next frame.
+drawn from a rollout (``samples.py``) build their memory and context from these generated frames; the
+decoded colour is kept too, so that the imagined world can be rendered from other cameras (the read
+refiner's target on memories of generated frames).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from mirage_ros.training.latents import load_sequences, save_sequences, weights_
 from mirage_ros.training.samples import LatentSequences
 from mirage_ros.worlds.dataset import SequenceDataset
 
+
 def roll_out_sequences(model: WorldModel, sequences: SequenceDataset) -> LatentSequences:
     """Generate every sequence from its first true frame; frame 0 is the true frame's encoding."""
-    latents, depths, intrinsics, poses = [], [], [], []
+    latents, depths, intrinsics, poses, colours = [], [], [], [], []
     progress = tqdm(range(len(sequences)), desc=f"rolling out {sequences.folder.name}", unit="sequence")
     for index in progress:
         item = sequences[index]
@@ -35,23 +37,25 @@ def roll_out_sequences(model: WorldModel, sequences: SequenceDataset) -> LatentS
         with torch.inference_mode():
             sequence_latents = [model.autoencoder.encode(first_rgb.to(model.device),
                                                          first_depth.to(model.device)).float().cpu()[0]]
-        sequence_depths = [first_depth[0]]
+        sequence_depths, sequence_colours = [first_depth[0]], [torch.from_numpy(rgb[0])]
         for pose in cam_to_world[1:]:
             result = model.step(pose)
             sequence_latents.append(result.latent)
             sequence_depths.append(torch.from_numpy(result.depth))
+            sequence_colours.append(torch.from_numpy(result.rgb))
         latents.append(torch.stack(sequence_latents))
         depths.append(torch.stack(sequence_depths))
+        colours.append(torch.stack(sequence_colours).permute(0, 3, 1, 2).contiguous())
         intrinsics.append(K)
         poses.append(cam_to_world)
-    return LatentSequences(latents, depths, intrinsics, poses)
+    return LatentSequences(latents, depths, intrinsics, poses, colours)
 
 
 def load_or_build_rollouts(model: WorldModel, data: Path, split: str, cache: Path) -> LatentSequences:
     """The split's rollouts by ``model``, from ``cache`` when that very model (weights and sampling) made them."""
     torch.set_flush_denormal(True)
     metadata = {"rollout_model": weights_fingerprint(model.autoencoder, model.denoiser) + repr(model.sampling),
-                "split": split}
+                "split": split, "colour": "kept"}
     sequences = load_sequences(cache, metadata)
     if sequences is None:
         sequences = roll_out_sequences(model, SequenceDataset(data, split))

@@ -11,6 +11,11 @@ With the model's own rollouts of the same sequences (``rollouts.py``), a share o
 memory and context from the generated frames instead, as inference does after the first step; their
 target is still the true frame, scored only where the memory did not cover it (``weight``): covered
 tokens are kept verbatim at inference, and there the generated memory and the truth may disagree.
+
+The read refiner learns on the same memories: of true frames (target: the true latent), and of the
+model's own generated frames (``ImaginedReadSamples``), where the truth is no target (a rollout drifts
+away from it) but the imagined world itself is: the decoded generated frames, rendered as a point
+cloud at the target camera and re-encoded, are what that world looks like from there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mirage_ros.memory import Frame, LatentMemoryConfig, LatentSpatialMemory, write_back
+from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryView,
+                               write_back)
+from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.read_refiner import ALIGNMENT_CHANNELS
 from mirage_ros.model.world_model import motion_features
 
@@ -37,13 +44,16 @@ class SampleConfig:
 
 
 class LatentSequences:
-    """Per-sequence latents ``[T,C,h,w]``, decoder depth ``[T,H,W]``, intrinsics ``[3,3]`` and poses ``[T,4,4]``."""
+    """Per-sequence latents ``[T,C,h,w]``, decoder depth ``[T,H,W]``, intrinsics ``[3,3]`` and poses
+    ``[T,4,4]``; rollouts also keep the decoded colour ``rgb`` (uint8 ``[T,3,H,W]``) of what they showed."""
 
     def __init__(self, latents: list[torch.Tensor], depths: list[torch.Tensor], intrinsics: list[np.ndarray],
-                 poses: list[np.ndarray]) -> None:
+                 poses: list[np.ndarray], rgb: list[torch.Tensor] | None = None) -> None:
         if not (len(latents) == len(depths) == len(intrinsics) == len(poses)) or not latents:
             raise ValueError("need the same, non-zero number of latents, depths, intrinsics and poses")
-        self.latents, self.depths, self.intrinsics, self.poses = latents, depths, intrinsics, poses
+        if rgb is not None and len(rgb) != len(latents):
+            raise ValueError("need one colour sequence per latent sequence")
+        self.latents, self.depths, self.intrinsics, self.poses, self.rgb = latents, depths, intrinsics, poses, rgb
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -81,31 +91,103 @@ class MemoryConditionedSamples(Dataset):
             return latent + noise_std * torch.randn(latent.shape, generator=generator)
 
         channels, h, w = latents.shape[1:]
-        memory_latent, coverage = torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool)
-        memory_depth, alignment = torch.zeros(h, w), torch.zeros(ALIGNMENT_CHANNELS, h, w)
+        view = MemoryView(torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool), torch.zeros(h, w),
+                          torch.zeros(depths.shape[1:], dtype=torch.bool), alignment=torch.zeros(ALIGNMENT_CHANNELS, h, w))
         if rng.random() >= self.config.no_memory_probability:
-            recent = list(range(max(0, j - int(rng.integers(1, self.config.max_recent + 1))), j))
-            earlier = list(range(0, recent[0]))
-            if self.config.far_from_anywhere:
-                earlier += list(range(j + 1, len(latents)))
-            far = list(rng.choice(earlier, size=min(len(earlier), int(rng.integers(0, self.config.max_far + 1))),
-                                  replace=False)) if earlier else []
-            memory = LatentSpatialMemory(self.memory_config)
-            image_hw = tuple(depths.shape[1:])
-            for frame in sorted(int(f) for f in far + recent):
-                view = (memory.read_view(poses[frame], K, image_hw, surface_depth=False)
-                        if memory.stats().entries else None)
-                write_back(memory, Frame(None, depths[frame], noisy(latents[frame]), K, poses[frame]), view)
-            view = memory.read_view(poses[j], K, image_hw, surface_depth=False)
-            memory_latent, coverage, memory_depth, alignment = view.latent, view.coverage, view.depth, view.alignment
-        weight = (~coverage).float() if generated else torch.ones(h, w)
-        return {
-            "target": targets[j],
-            "weight": weight,
-            "memory_latent": memory_latent,
-            "coverage": coverage,
-            "memory_depth": memory_depth,
-            "alignment": alignment,
-            "context": noisy(latents[j - 1]),
-            "motion": motion_features(poses[j - 1], poses[j]),
-        }
+            frames = memory_frames(rng, j, len(latents), self.config)
+            view = remembered_view(self.memory_config, [Frame(None, depths[f], noisy(latents[f]), K, poses[f])
+                                                        for f in frames], poses[j])
+        weight = (~view.coverage).float() if generated else torch.ones(h, w)
+        return example(targets[j], weight, view, noisy(latents[j - 1]), poses[j - 1], poses[j])
+
+
+def memory_frames(rng: np.random.Generator, target: int, length: int, config: SampleConfig) -> list[int]:
+    """The frames of a sequence whose memory an example at ``target`` reads, in the order they are written:
+    up to ``max_recent`` right before it, and up to ``max_far`` earlier ones (or from anywhere but the target,
+    ``far_from_anywhere``)."""
+    recent = list(range(max(0, target - int(rng.integers(1, config.max_recent + 1))), target))
+    earlier = list(range(0, recent[0]))
+    if config.far_from_anywhere:
+        earlier += list(range(target + 1, length))
+    far = list(rng.choice(earlier, size=min(len(earlier), int(rng.integers(0, config.max_far + 1))),
+                          replace=False)) if earlier else []
+    return sorted(int(f) for f in far + recent)
+
+
+def remembered_view(config: LatentMemoryConfig, frames: list[Frame], cam_to_world: np.ndarray) -> MemoryView:
+    """A latent memory filled with ``frames`` by the inference rule (``write_back``), read at ``cam_to_world``."""
+    memory = LatentSpatialMemory(config)
+    image_hw = tuple(frames[0].depth.shape)
+    for frame in frames:
+        seen = memory.read_view(frame.cam_to_world, frame.K, image_hw, surface_depth=False) if memory.stats().entries else None
+        write_back(memory, frame, seen)
+    return memory.read_view(cam_to_world, frames[0].K, image_hw, surface_depth=False)
+
+
+def example(target: torch.Tensor, weight: torch.Tensor, view: MemoryView, context: torch.Tensor,
+            previous_pose: np.ndarray, pose: np.ndarray) -> dict[str, torch.Tensor]:
+    """One training example as the denoiser and the refiner take it."""
+    return {
+        "target": target,
+        "weight": weight,
+        "memory_latent": view.latent,
+        "coverage": view.coverage,
+        "memory_depth": view.depth,
+        "alignment": view.alignment,
+        "context": context,
+        "motion": motion_features(previous_pose, pose),
+    }
+
+
+class ImaginedReadSamples(Dataset):
+    """Reads of memories of the model's own generated frames (``rollouts`` with their decoded ``rgb``),
+    for the read refiner. The target is the imagined world at the target camera: the memory frames'
+    decoded colour and depth rendered as a point cloud there and re-encoded by ``autoencoder``; it is
+    scored (``weight``) on the cells that render covers wholly."""
+
+    def __init__(self, rollouts: LatentSequences, memory_config: LatentMemoryConfig, autoencoder: RGBDAutoencoder,
+                 config: SampleConfig = SampleConfig(), length: int = 1_000_000, seed: int = 0) -> None:
+        if rollouts.rgb is None:
+            raise ValueError("imagined reads need the rollouts' decoded colour (rollouts cached by this version)")
+        self.rollouts, self.memory_config, self.autoencoder = rollouts, memory_config, autoencoder
+        self.config, self.length, self.seed = config, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    @torch.no_grad()
+    def _encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(rgb, depth).float()
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31), 1))
+        seq = int(rng.integers(len(self.rollouts)))
+        latents, depths = self.rollouts.latents[seq].float(), self.rollouts.depths[seq].float()
+        rgb, K, poses = self.rollouts.rgb[seq], self.rollouts.intrinsics[seq], self.rollouts.poses[seq]
+        j = int(rng.integers(1, len(latents)))
+        frames = memory_frames(rng, j, len(latents), self.config)
+        view = remembered_view(self.memory_config, [Frame(None, depths[f], latents[f], K, poses[f]) for f in frames],
+                               poses[j])
+        cloud = ExplicitPointCloudMemory(splat_radius=1, encoder=self._encode, patch_size=self.memory_config.patch_size)
+        for f in frames:
+            cloud.write(rgb[f], depths[f], K, poses[f])
+        imagined = cloud.read_view(poses[j], K, tuple(depths.shape[1:]))
+        return example(imagined.latent, imagined.coverage.float(), view, latents[j - 1], poses[j - 1], poses[j])
+
+
+class MixedSamples(Dataset):
+    """Each example from ``second`` with ``probability``, else from ``first`` (same fields)."""
+
+    def __init__(self, first: Dataset, second: Dataset, probability: float, seed: int = 0) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must lie in [0, 1], got {probability}")
+        self.first, self.second, self.probability, self.seed = first, second, probability, seed
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31), 2))
+        return (self.second if rng.random() < self.probability else self.first)[index]
