@@ -93,7 +93,8 @@ def main() -> int:
          "features": torch.randn(count, 8, generator=generator).half(),
          "view_depths": torch.full((count,), 2.0, dtype=torch.float16),
          "weights": torch.ones(count), "extents": torch.full((count,), 0.1),
-         "last_seen": torch.zeros(count, dtype=torch.long)}, LatentMemoryConfig(capacity=200_000))
+         "last_seen": torch.zeros(count, dtype=torch.long), "observed": torch.ones(count, dtype=torch.float16)},
+        LatentMemoryConfig(capacity=200_000))
     view = trajectory.cam_to_world[0].copy()
     view[:3, 3] = (10.0, 10.0, 1.0)
     read_times = [timed(big.read, view, camera.K, (16, 16))[1] for _ in range(60)][10:]
