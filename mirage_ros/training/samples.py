@@ -59,6 +59,13 @@ class LatentSequences:
         return len(self.latents)
 
 
+def example_rng(seed: int, index: int, *salt: int) -> np.random.Generator:
+    """The random draws of example ``index``: distinct per data-loader worker and per process (torch's seed, which
+    ``train_loop`` offsets by the process rank); ``salt`` keeps the draws of datasets sharing a seed apart."""
+    info = torch.utils.data.get_worker_info()
+    return np.random.default_rng((seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31), *salt))
+
+
 class MemoryConditionedSamples(Dataset):
     """An endless supply of (condition, target) pairs; ``__getitem__`` draws a fresh random example."""
 
@@ -75,8 +82,7 @@ class MemoryConditionedSamples(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31)))
+        rng = example_rng(self.seed, index)
         seq = int(rng.integers(len(self.sequences)))
         targets = self.sequences.latents[seq].float()
         generated = self.rollouts is not None and rng.random() < self.config.rollout_probability
@@ -160,8 +166,7 @@ class ImaginedReadSamples(Dataset):
         return self.autoencoder.encode(rgb, depth).float()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31), 1))
+        rng = example_rng(self.seed, index, 1)
         seq = int(rng.integers(len(self.rollouts)))
         latents, depths = self.rollouts.latents[seq].float(), self.rollouts.depths[seq].float()
         rgb, K, poses = self.rollouts.rgb[seq], self.rollouts.intrinsics[seq], self.rollouts.poses[seq]
@@ -188,6 +193,5 @@ class MixedSamples(Dataset):
         return len(self.first)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng((self.seed, index, info.id if info else 0, int(torch.initial_seed() % 2**31), 2))
+        rng = example_rng(self.seed, index, 2)
         return (self.second if rng.random() < self.probability else self.first)[index]
