@@ -1,5 +1,5 @@
 """Offline rollout speed: sim seconds written to an MCAP bag per wall-clock second, side by side for
-float32 and bfloat16 network arithmetic (shipped model, ``config/sim.yaml``, the scripted tour).
+float32 and bfloat16 network arithmetic (shipped model, ``config/sim.yaml``, the demo tour).
 
     .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1]
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
-from mirage_ros.ros.rollout import rollout_to_bag, tour_schedule
+from mirage_ros.ros.rollout import rollout_to_bag
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
+from mirage_ros.tour import Tour
 
 
 def main() -> int:
@@ -37,7 +38,7 @@ def main() -> int:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
-                rollout_to_bag(params, tour_schedule(args.duration), steps, Path(folder) / "bag", progress=False)
+                rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
                 best = min(best, time.perf_counter() - started)
         factors[precision] = args.duration / best
         print(f"{precision:>8}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "

@@ -365,3 +365,43 @@ def test_tokens_keep_whether_they_were_observed_or_imagined(tmp_path):
     old.load(tmp_path / "old.safetensors")
     old_read = old.read(B, CAMERA.K, (16, 16))
     assert torch.equal(old_read.latent, read.latent) and not old_read.observed.any()
+
+
+def test_window_median_ignores_invalid_cells_and_the_border():
+    from mirage_ros.memory.projection import window_median
+
+    values = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    valid = torch.ones(4, 4, dtype=torch.bool)
+    valid[1, 1] = False
+    median = window_median(values, valid, 3)
+    assert median[0, 0] == 1.0  # corner: cells 0, 1, 4 (5 is invalid)
+    assert median[2, 2] == 10.0  # 6, 7, 9, 10, 11, 13, 14, 15 (5 invalid): lower median of an even count
+    assert torch.isnan(window_median(values, torch.zeros_like(valid), 3)).all()
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_an_imagined_token_floating_in_front_of_its_surroundings_takes_their_depth(observed):
+    """A lone token far in front of the surface around it (an imagined frame whose depth was off) would
+    be drawn as a near square; if it was imagined its pixels take the surrounding surface, if it was
+    observed (a thin real object) it is kept exactly. Nothing beyond its neighbourhood changes."""
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(), depth_at(A), CAMERA.K, A, observed=True)
+    wall_only = memory.read_view(A, CAMERA.K, (128, 128)).surfaces
+    cell = (slice(24, 32), slice(16, 24))  # a cell of the far wall
+    near = depth_at(A).copy()
+    near[cell] *= 0.4  # imagined 60 % too near
+    patch = np.zeros((128, 128), dtype=bool)
+    patch[cell] = True
+    memory.write(latent(1), near, CAMERA.K, A, valid=patch, observed=observed)
+    surfaces = memory.read_view(A, CAMERA.K, (128, 128)).surfaces
+    decoded = torch.from_numpy(near).float()  # what the tokens encode, each at the depth it was seen at
+    composed = surfaces.compose(decoded)  # (read from where everything was written: every scale is 1)
+    truth = torch.from_numpy(depth_at(A)).float()
+    floating = composed[cell] / truth[cell]
+    if observed:
+        torch.testing.assert_close(floating, torch.full_like(floating, 0.4), rtol=1e-4, atol=0)
+    else:
+        assert torch.all((floating - 1).abs() < 0.01)
+    untouched = torch.ones(128, 128, dtype=torch.bool)
+    untouched[20:36, 12:28] = False  # the cell and the half cells around it
+    assert torch.equal(composed[untouched], wall_only.compose(torch.from_numpy(depth_at(A)).float())[untouched])

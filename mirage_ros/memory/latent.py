@@ -431,6 +431,7 @@ class LatentSpatialMemory:
             # Remembered tokens are decoded as they were seen; the scale brings their depth to this view.
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
             surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
+            surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < 0.5))
         log_scale = torch.where(read.coverage, torch.log2(read.source_depth / read.depth), torch.zeros_like(read.depth))
         alignment = torch.cat([read.offsets.permute(2, 0, 1), log_scale[None]])
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,

@@ -11,10 +11,12 @@ order-independent, so results are identical run to run and on CPU and CUDA.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mirage_ros.camera import validate_intrinsics
 from mirage_ros.geometry import validate_transform
@@ -44,6 +46,17 @@ FLOOR_SNAP = 0.06
 #: and are blended there (``RememberedSurfaces.compose``); planes fitted to imagined depth disagree by
 #: several per cent across a cell border (depth seam ratio 1.47 at 0.08, 1.25 at 0.2).
 SAME_SURFACE = 0.2
+#: An imagined token nearer by more than this factor than the median depth of the cells around it
+#: (``OUTLIER_WINDOW`` x ``OUTLIER_WINDOW``, itself included) is an outlier there: a bit of imagined
+#: surface left floating by a frame whose depth was off (typically imagined floor a few tens of
+#: centimetres too high), drawn as a near square once the camera comes close. It takes its
+#: neighbourhood's depth scale and no plane (``RememberedSurfaces.settle_imagined_outliers``). The
+#: window is wider than a splatted token (3 x 3 cells), so a lone token cannot outvote its surroundings.
+#: Only nearer ones: a further token is mostly background seen past a depth edge, often beside space
+#: not yet seen; settling those too (even only the ones without like neighbours) put steps along such
+#: edges (evaluation depth seam ratio 1.17 -> 1.25-1.28).
+OUTLIER_RATIO = 1.3
+OUTLIER_WINDOW = 5
 #: Bits of the ordering key holding the candidate's distance to the pixel centre (1/64 pixel units).
 _CENTRE_BITS = 8
 
@@ -174,13 +187,36 @@ class RememberedSurfaces:
     ``planes [h,w,4]`` (each shown token's plane ``n . X = d`` in the camera frame), ``cell_depth
     [h,w]`` (depth at each cell centre, NaN where uncovered) and ``cell_scale [h,w]`` (depth now / depth
     when the token was seen: a token's features encode the depth it was seen at) come from a latent
-    memory read; ``rays [H,W,3]`` are the image's ``pixel_rays``.
+    memory read; ``rays [H,W,3]`` are the image's ``pixel_rays``. ``settled [h,w]`` (optional): cells
+    whose token is an imagined outlier (``settle_imagined_outliers``).
     """
 
     planes: torch.Tensor
     cell_depth: torch.Tensor
     cell_scale: torch.Tensor
     rays: torch.Tensor
+    settled: torch.Tensor | None = None
+
+    def settle_imagined_outliers(self, imagined: torch.Tensor, ratio: float = OUTLIER_RATIO,
+                                 window: int = OUTLIER_WINDOW) -> "RememberedSurfaces":
+        """These surfaces with every imagined floater (see ``OUTLIER_RATIO``; ``imagined [h,w]`` bool
+        marks the cells showing imagined tokens) put back among its neighbours: its depth and scale
+        become the median of the other cells of its window, it offers no plane, and its pixels take
+        the surrounding planes, or a depth within ``ratio`` of theirs (``compose``). Observed tokens
+        are never touched: a thin real object in front of a wall is what was seen."""
+        covered = torch.isfinite(self.cell_depth)
+        log_depth = torch.log(self.cell_depth)
+        outlier = imagined & covered & (window_median(log_depth, covered, window) - log_depth > math.log(ratio))
+        if not bool(outlier.any()):
+            return self
+        others = covered & ~outlier
+        depth = window_median(log_depth, others, window).exp()
+        scale = window_median(torch.log(self.cell_scale), others, window).exp()
+        settled = outlier & torch.isfinite(depth)  # (a floater with no other cell around stays as it is)
+        return replace(self, cell_depth=torch.where(settled, depth, self.cell_depth),
+                       cell_scale=torch.where(settled, scale, self.cell_scale),
+                       planes=torch.where(settled[..., None], torch.full_like(self.planes, float("nan")), self.planes),
+                       settled=settled)
 
     def compose(self, decoded: torch.Tensor, agreement: float = PLANE_AGREEMENT,
                 same_surface: float = SAME_SURFACE, max_deviation: float = 0.25) -> torch.Tensor:
@@ -195,6 +231,8 @@ class RememberedSurfaces:
         step at cell borders, and an edge stays where the decoder put it. Elsewhere the guide stays.
         Pixels of generated cells keep the decoded depth. A plane is never used where the ray misses
         it or lands further than ``max_deviation`` (relative) from its cell centre (grazing planes).
+        In ``settled`` cells the guide is kept within ``OUTLIER_RATIO`` of the cell's (settled) centre
+        depth, so their pixels take the planes around them.
         """
         height, width = decoded.shape
         h, w = self.cell_depth.shape
@@ -210,6 +248,10 @@ class RememberedSurfaces:
         log_scale = torch.nan_to_num(torch.log(self.cell_scale.reshape(h * w).float()))[index]
         scale = torch.exp((near_weight * log_scale).sum(0) / near_weight.sum(0))
         guide = decoded.float() * torch.where(covered, scale, torch.ones_like(scale))
+        if self.settled is not None:  # an outlier's decoded depth stays within reach of its surroundings'
+            settled = self.settled.reshape(h * w)[own]
+            bounded = torch.minimum(torch.maximum(guide, own_centre / OUTLIER_RATIO), own_centre * OUTLIER_RATIO)
+            guide = torch.where(settled, bounded, guide)
         # Candidates: the depth on each surrounding token's plane along this pixel's ray.
         plane = self.planes.reshape(h * w, 4).float()
         normals = plane[:, :3][index]                                                    # [4,H,W,3]
@@ -223,6 +265,14 @@ class RememberedSurfaces:
         blended = blended / together_weight.sum(0).clamp_min(1e-12)
         on_plane = covered & torch.isfinite(best) & ((best - guide).abs() <= agreement * guide)
         return torch.where(on_plane, blended, guide).to(decoded.dtype)
+
+
+def window_median(values: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """Median of ``values [h,w]`` over each cell's ``window x window`` neighbourhood (odd ``window``),
+    among the ``valid`` cells; NaN where the neighbourhood has none."""
+    masked = torch.where(valid, values, torch.full_like(values, float("nan")))
+    padded = F.pad(masked[None, None], (window // 2,) * 4, value=float("nan"))
+    return F.unfold(padded, window)[0].nanmedian(0).values.reshape(values.shape)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,6 @@
 """``mirage-rollout``: imagined rollouts written straight to rosbag2 (MCAP), without DDS.
 
-    mirage-rollout --output bags/run0                       # the scripted tour, 30 s, shipped model
+    mirage-rollout --output bags/run0                       # the demo tour (mirage_ros/tour.py), 30 s
     mirage-rollout --commands cmds.csv --output bags/run1   # t,vx,vy,wz rows (seconds, m/s, rad/s)
     mirage-rollout --poses poses.json --output bags/run2    # [{"t":..,"x":..,"y":..,"yaw":..}, ...]
     mirage-rollout --commands-from-bag recorded/ --output bags/run3
@@ -43,8 +43,12 @@ from mirage_ros.ros.recording import (RecordingOptions, add_recording_arguments,
 from mirage_ros.ros.recording import commands_from_bag as recorded_commands
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator
-from mirage_ros.tour import tour_rows
+from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
+
+
+#: Seconds of sim time a rollout of the demo tour lasts unless told otherwise.
+TOUR_DURATION = 30.0
 
 
 @dataclass
@@ -99,17 +103,12 @@ def commands_from_bag(path: Path, topic: str = "/cmd_vel") -> Schedule:
     return Schedule(table[:, 0], table[:, 1:], "commands")
 
 
-def tour_schedule(duration: float) -> Schedule:
-    """The scripted tour (``mirage_ros.tour``) as commands for ``duration`` seconds."""
-    table = tour_rows(duration)
-    return Schedule(table[:, 0], table[:, 1:], "commands")
-
-
-def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, start: StartSpec | None = None,
+def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: Path, start: StartSpec | None = None,
                    initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True,
                    map_bag: Path | None = None, recording_options: RecordingOptions | None = None) -> Path:
-    """Run one rollout into the bag ``output``; returns its path. ``map_bag``: the memory is built from
-    every usable frame of this recording first (its odometry frame is the rollout's)."""
+    """Run one rollout into the bag ``output``; returns its path. ``schedule``: timed inputs, or a
+    ``Tour`` steered from the base's pose each step. ``map_bag``: the memory is built from every usable
+    frame of this recording first (its odometry frame is the rollout's)."""
     simulator = build_simulator(params, progress=progress)
     if start is not None:
         simulator.start = start
@@ -133,9 +132,13 @@ def rollout_to_bag(params: dict, schedule: Schedule, steps: int, output: Path, s
             (out.camera_frame, out.optical_frame, OPTICAL_TO_CAMERA_LINK)]))
         for k in tqdm(range(steps), desc=f"rollout {output.name}", unit="step", disable=not progress):
             t = k * dt
-            values = schedule.at(t)
+            if isinstance(schedule, Tour):
+                kind, (forward, yaw_rate) = "commands", schedule.command(simulator.base.pose)
+                values = np.array([forward, 0.0, yaw_rate])
+            else:
+                kind, values = schedule.kind, schedule.at(t)
             pose = None
-            if schedule.kind == "commands":
+            if kind == "commands":
                 vx, vy, wz = values if values is not None else (0.0, 0.0, 0.0)
                 simulator.base.command(vx, vy, wz, stamp=t)
                 command = Twist()
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="bag folder (with --batch: parent folder)")
     parser.add_argument("--config", type=Path, default=None, help="node parameter file (default config/sim.yaml)")
     parser.add_argument("--duration", type=float, default=None, help="sim seconds (default: the input's length, "
-                        "or 30 s for the scripted tour)")
+                        f"or {TOUR_DURATION:g} s of the demo tour)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the config's)")
     parser.add_argument("--world-seed", type=int, default=None, help="procedural start world (default: config)")
     parser.add_argument("--batch", type=int, default=1, help="N rollouts over N consecutive world seeds")
@@ -196,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.commands_from_bag:
             schedule = commands_from_bag(args.commands_from_bag)
         else:
-            schedule = tour_schedule(args.duration or 30.0)
-        duration = args.duration or max(schedule.duration, 1.0 / params["rate"])
+            schedule = None  # the demo tour, a fresh one per rollout
+        default_duration = TOUR_DURATION if schedule is None else max(schedule.duration, 1.0 / params["rate"])
+        duration = args.duration or default_duration
         steps = max(1, int(round(duration * params["rate"])))
         start = initial_pose = None
         recording_options = options_from_arguments(args, size_hw=None)
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for index, output in enumerate(outputs):
             run_params = dict(params, world_seed=params["world_seed"] + index)
-            rollout_to_bag(run_params, schedule, steps, output, start, initial_pose,
+            rollout_to_bag(run_params, schedule or Tour(), steps, output, start, initial_pose,
                            output.with_suffix(".png") if args.preview else None, map_bag=args.map_bag,
                            recording_options=recording_options)
         elapsed = time.perf_counter() - started

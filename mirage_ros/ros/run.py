@@ -1,8 +1,9 @@
 """``make run`` / ``mirage-run``: the simulator node stack without the ros2 CLI.
 
-Starts ``mirage_sim`` with the same ``config/sim.yaml`` the launch file uses, plus a scripted tour
-driver publishing ``cmd_vel``, in one process on the pip-installed ROS 2. Everything goes over real
-topics, so ``ros2 topic echo`` from another shell (where available) sees the same traffic. At the end
+Starts ``mirage_sim`` with the same ``config/sim.yaml`` the launch file uses, plus the demo tour
+driver (``mirage_ros/tour.py``: steered from ``odom``, sent as ``cmd_vel``), in one process on the
+pip-installed ROS 2. Everything goes over real topics, so ``ros2 topic echo`` from another shell
+(where available) sees the same traffic. At the end
 it writes what was published to ``--output``: ``frames.png`` (published RGB and depth over time),
 ``path.png`` (the driven path) and ``odometry.csv``.
 """
@@ -26,27 +27,29 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from mirage_ros.geometry import yaw_of
-from mirage_ros.ros.conversions import image_to_array, pose_to_matrix, seconds_of
+from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, seconds_of
 from mirage_ros.ros.parameters import default_config
 from mirage_ros.ros.sim_node import SimNode
-from mirage_ros.tour import tour_command
+from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
 
 class TourDriver(Node):
-    """Publishes ``cmd_vel`` following ``TOUR`` at 20 Hz (faster than any sane command timeout)."""
+    """Drives the demo ``Tour`` from ``odom``: each odometry message is answered with the ``cmd_vel``
+    the tour asks for at that pose (the node publishes odometry every step, well within any command
+    timeout)."""
 
     def __init__(self) -> None:
         super().__init__("mirage_tour_driver")
+        self.tour = Tour()
         self.publisher = self.create_publisher(Twist, "cmd_vel", 10)
-        self.started = time.monotonic()
-        self.create_timer(0.05, self._publish)
+        self.create_subscription(Odometry, "odom", self._on_odom, 10)
 
-    def _publish(self) -> None:
-        forward, yaw_rate = tour_command(time.monotonic() - self.started)
-        msg = Twist()
-        msg.linear.x, msg.angular.z = forward, yaw_rate
-        self.publisher.publish(msg)
+    def _on_odom(self, msg: Odometry) -> None:
+        forward, yaw_rate = self.tour.command(planar_pose_from_matrix(pose_to_matrix(msg.pose.pose)))
+        command = Twist()
+        command.linear.x, command.angular.z = forward, yaw_rate
+        self.publisher.publish(command)
 
 
 class Monitor(Node):
