@@ -62,7 +62,8 @@ class BodyTwist:
     wz: float = 0.0
 
 
-def _wrap_angle(angle: float) -> float:
+def wrap_angle(angle: float) -> float:
+    """``angle`` (rad) in (-pi, pi]."""
     return math.atan2(math.sin(angle), math.cos(angle))
 
 
@@ -80,7 +81,7 @@ def integrate_body_twist(pose: PlanarPose, twist: BodyTwist, dt: float) -> Plana
     return PlanarPose(
         pose.x + cos_yaw * dx_body - sin_yaw * dy_body,
         pose.y + sin_yaw * dx_body + cos_yaw * dy_body,
-        _wrap_angle(pose.yaw + dtheta),
+        wrap_angle(pose.yaw + dtheta),
     )
 
 

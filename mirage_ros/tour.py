@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from mirage_ros.kinematics import PlanarPose
+from mirage_ros.kinematics import PlanarPose, wrap_angle
 
 #: Corners of the loop (x, y metres) in the frame of the pose where the tour starts (x forward, y left),
 #: visited in order and then again from the first. With the default world and start (``config/sim.yaml``)
@@ -26,11 +26,6 @@ MAX_YAW_RATE = 1.0
 TURN_IN_PLACE = 0.25
 #: Distance (m) at which a corner counts as reached.
 REACHED = 0.1
-
-
-def wrap_angle(angle: float) -> float:
-    """``angle`` in (-pi, pi]."""
-    return math.atan2(math.sin(angle), math.cos(angle))
 
 
 class Tour:
@@ -46,15 +41,15 @@ class Tour:
             raise ValueError("a tour needs at least two waypoints")
         self.waypoints = np.asarray(waypoints, dtype=np.float64)
         self.target = 0
-        self._start_to_odom: np.ndarray | None = None
+        self._corners: np.ndarray | None = None  # the waypoints in odom, once anchored
 
     def command(self, pose: PlanarPose) -> tuple[float, float]:
         """Forward speed (m/s) and yaw rate (rad/s) to send from ``pose`` (base_link in odom)."""
-        if self._start_to_odom is None:
-            self._start_to_odom = pose.matrix()
+        if self._corners is None:
+            start = pose.matrix()
+            self._corners = self.waypoints @ start[:2, :2].T + start[:2, 3]
         for _ in range(len(self.waypoints)):
-            corner = self._start_to_odom[:2, :2] @ self.waypoints[self.target] + self._start_to_odom[:2, 3]
-            dx, dy = corner[0] - pose.x, corner[1] - pose.y
+            dx, dy = self._corners[self.target, 0] - pose.x, self._corners[self.target, 1] - pose.y
             distance = math.hypot(dx, dy)
             if distance > REACHED:
                 break

@@ -197,21 +197,21 @@ class RememberedSurfaces:
     rays: torch.Tensor
     settled: torch.Tensor | None = None
 
-    def settle_imagined_outliers(self, imagined: torch.Tensor, ratio: float = OUTLIER_RATIO,
-                                 window: int = OUTLIER_WINDOW) -> "RememberedSurfaces":
+    def settle_imagined_outliers(self, imagined: torch.Tensor) -> "RememberedSurfaces":
         """These surfaces with every imagined floater (see ``OUTLIER_RATIO``; ``imagined [h,w]`` bool
         marks the cells showing imagined tokens) put back among its neighbours: its depth and scale
         become the median of the other cells of its window, it offers no plane, and its pixels take
-        the surrounding planes, or a depth within ``ratio`` of theirs (``compose``). Observed tokens
+        the surrounding planes, or a depth within ``OUTLIER_RATIO`` of theirs (``compose``). Observed tokens
         are never touched: a thin real object in front of a wall is what was seen."""
         covered = torch.isfinite(self.cell_depth)
         log_depth = torch.log(self.cell_depth)
-        outlier = imagined & covered & (window_median(log_depth, covered, window) - log_depth > math.log(ratio))
+        outlier = imagined & covered & (window_median(log_depth, covered, OUTLIER_WINDOW) - log_depth
+                                        > math.log(OUTLIER_RATIO))
         if not bool(outlier.any()):
             return self
         others = covered & ~outlier
-        depth = window_median(log_depth, others, window).exp()
-        scale = window_median(torch.log(self.cell_scale), others, window).exp()
+        depth = window_median(log_depth, others, OUTLIER_WINDOW).exp()
+        scale = window_median(torch.log(self.cell_scale), others, OUTLIER_WINDOW).exp()
         settled = outlier & torch.isfinite(depth)  # (a floater with no other cell around stays as it is)
         return replace(self, cell_depth=torch.where(settled, depth, self.cell_depth),
                        cell_scale=torch.where(settled, scale, self.cell_scale),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mirage_ros.camera import CameraMount
-from mirage_ros.kinematics import BaseLimits, PlanarBase, PlanarPose
+from mirage_ros.kinematics import BaseLimits, PlanarBase, PlanarPose, wrap_angle
 from mirage_ros.worlds.generator import World
 
 KINDS = ("explore", "out_and_back", "loop", "rotate")
@@ -133,7 +133,7 @@ class _Driver:
 
     def turn_to(self, heading: float, max_frames: int = 200) -> None:
         for _ in range(max_frames):
-            error = math.atan2(math.sin(heading - self.base.pose.yaw), math.cos(heading - self.base.pose.yaw))
+            error = wrap_angle(heading - self.base.pose.yaw)
             if abs(error) < 0.03 and abs(self.base.velocity.wz) < 0.05:
                 return
             self._advance(0.0, float(np.clip(2.5 * error, -self.config.max_yaw_rate, self.config.max_yaw_rate)))
@@ -158,8 +158,7 @@ class _Driver:
             if distance < 0.08:
                 target += 1
                 continue
-            error = math.atan2(gy - pose.y, gx - pose.x) - pose.yaw
-            error = math.atan2(math.sin(error), math.cos(error))
+            error = wrap_angle(math.atan2(gy - pose.y, gx - pose.x) - pose.yaw)
             wz = float(np.clip(2.5 * error, -self.config.max_yaw_rate, self.config.max_yaw_rate))
             vx = 0.0 if abs(error) > 0.3 else self.config.max_speed * math.cos(error) * min(1.0, distance / 0.4 + 0.1)
             before = (pose.x, pose.y)
