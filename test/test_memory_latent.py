@@ -258,7 +258,38 @@ def test_remembered_pixels_get_the_true_depth_of_their_surface_even_in_cells_tha
     assert np.median(relative[covered]) < 1e-3 and np.mean(relative[covered] < 0.01) > 0.9
     cell_constant = np.repeat(np.repeat(read.depth.numpy(), 8, 0), 8, 1)
     assert np.mean(relative[covered]) < 0.5 * np.mean(np.abs(cell_constant - truth)[covered] / truth[covered])
-    np.testing.assert_array_equal(depth[~covered], rough.numpy()[~covered])  # generated pixels: decoded depth
+    # Generated pixels keep the decoded depth, up to the remembered pixels' correction carried over to them.
+    carried = np.abs(np.log(depth[~covered] / rough.numpy()[~covered]))
+    assert carried.max() <= np.abs(np.log(depth[covered] / rough.numpy()[covered])).max() + 1e-5
+
+
+def test_generated_surfaces_continue_remembered_ones_without_a_step():
+    """The decoder gives a new cell beside remembered ones depth at the wrong scale (here 25 % too far,
+    as when it blends in tokens written from further away); the remembered pixels go on their planes.
+    The correction they needed is carried into the generated cells next to them, so the new surface
+    joins the remembered one, and fades away from them (the decoded depth stays the imagination)."""
+    from mirage_ros.memory.projection import RememberedSurfaces, extend_correction, pixel_rays
+
+    rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
+    normal = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64)
+    planes = torch.full((16, 16, 4), float("nan"), dtype=torch.float64)
+    planes[:, :6, :3] = normal
+    planes[:, :6, 3] = -2.0                                # a wall 2 m ahead, remembered in the left 6 columns
+    cell_depth = torch.where(torch.isfinite(planes[..., 3]), torch.full((16, 16), 2.0, dtype=torch.float64),
+                             torch.full((16, 16), float("nan"), dtype=torch.float64))
+    surfaces = RememberedSurfaces(planes, cell_depth, torch.ones(16, 16, dtype=torch.float64), rays)
+    decoded = torch.full((128, 128), 2.5)                  # the same wall, decoded 25 % too far
+    depth = surfaces.compose(decoded).numpy()
+    np.testing.assert_allclose(depth[:, :48], 2.0, rtol=1e-5)                  # remembered: on the plane
+    step = np.abs(np.log(depth[:, 48] / depth[:, 47]))
+    assert step.max() < 0.2 * math.log(1.25), step.max()  # a fifth of the step without the correction
+    assert np.all(np.diff(depth[:, 47:], axis=1) >= -1e-6)  # then it eases back to the decoded depth ...
+    np.testing.assert_allclose(depth[:, 88:], 2.5, rtol=1e-3)  # ... which it keeps five cells away
+    known = torch.zeros(4, 4, dtype=torch.bool)
+    known[0, 0] = True
+    spread = extend_correction(torch.full((4, 4), 0.3), known, sigma=1.0)
+    assert spread[0, 0] == 0.3 and bool((spread[known.logical_not()] < 0.3).all())
+    assert extend_correction(torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool), 1.0).abs().max() == 0
 
 
 def test_remembered_surface_depth_has_no_steps_at_cell_borders_and_keeps_edges():
