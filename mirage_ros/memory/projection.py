@@ -282,8 +282,9 @@ class RememberedSurfaces:
         blended = blended / together_weight.sum(0).clamp_min(1e-12)
         on_plane = covered & torch.isfinite(best) & ((best - guide).abs() <= agreement * guide)
         remembered = torch.where(on_plane, blended, guide)
-        correction = extend_correction(torch.log(remembered / decoded.float()), covered, CORRECTION_SPREAD * height // h)
-        return torch.where(covered, remembered, decoded.float() * correction.exp()).to(decoded.dtype)
+        generated = decoded.float()
+        correction = extend_correction(torch.log(remembered / generated), covered, CORRECTION_SPREAD * (height // h))
+        return torch.where(covered, remembered, generated * correction.exp()).to(decoded.dtype)
 
 
 def extend_correction(log_correction: torch.Tensor, known: torch.Tensor, sigma: float,
@@ -293,6 +294,8 @@ def extend_correction(log_correction: torch.Tensor, known: torch.Tensor, sigma: 
     correction", so it fades to 0 away from them. Known pixels keep their value."""
     known = known & torch.isfinite(log_correction)
     values = torch.where(known, log_correction, torch.zeros_like(log_correction))
+    if bool(known.all()) or not bool(known.any()):  # a revisit or a wholly new view: nothing to spread
+        return values
     weight = known.to(values.dtype)
     spread = gaussian_blur(values, sigma) / (gaussian_blur(weight, sigma) + fade)
     return torch.where(known, values, spread)
