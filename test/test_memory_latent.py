@@ -436,3 +436,31 @@ def test_an_imagined_token_floating_in_front_of_its_surroundings_takes_their_dep
     untouched = torch.ones(128, 128, dtype=torch.bool)
     untouched[20:36, 12:28] = False  # the cell and the half cells around it
     assert torch.equal(composed[untouched], wall_only.compose(torch.from_numpy(depth_at(A)).float())[untouched])
+
+
+@pytest.mark.parametrize("observed", [True, False])
+def test_an_imagined_token_seen_much_larger_than_it_was_written_is_not_drawn(observed):
+    """Driving up to an imagined box: past ``max_imagined_magnification`` (1.8) its tokens are too coarse
+    for the view and are left out (the model draws the place anew); observed tokens are always drawn."""
+    memory = LatentSpatialMemory(LatentMemoryConfig(feature_dtype="float32"))
+    memory.write(latent(), depth_at(A), CAMERA.K, A, observed=observed)  # box face 3.5 m away
+
+    def box_cells(x: float) -> tuple[np.ndarray, np.ndarray]:
+        """Seen from ``x`` on the box's axis: for each cell the box fills, whether a token is shown and its depth."""
+        pose = look_at((x, 0.0, 1.0), (5.0, 0.0, 1.0))
+        on_box = depth_at(pose) < box_depth([ROOM], pose, CAMERA.K, 128, 128) - 0.01
+        box = on_box.reshape(16, 8, 16, 8).all(axis=(1, 3))
+        assert box.sum() >= 16
+        read = memory.read(pose, CAMERA.K, (16, 16))
+        return read.coverage.numpy()[box], read.depth.numpy()[box]
+
+    shown, depth = box_cells(-0.5)  # box face 2.0 m away: 1.75x, drawn
+    assert shown.all() and np.allclose(depth, 2.0, atol=0.05)
+    if observed:
+        assert box_cells(-0.3)[0].all()  # 1.94x
+        # 3.9x: with the splat capped at one cell, the box's tokens leave gaps between them
+        assert box_cells(0.6)[0].mean() > 0.5
+    else:  # 1.94x and 3.9x: the box is not drawn (nothing was written behind it: the model draws these cells)
+        for x, face in ((-0.3, 1.8), (0.6, 0.9)):
+            shown, depth = box_cells(x)
+            assert not np.any(depth[shown] < face + 0.05)
