@@ -36,7 +36,7 @@ from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
                                           intrinsics_tensor, pixel_rays, pose_tensor, project, to_pixel_grid, to_world,
                                           zbuffer)
-from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView
+from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView
 
 FORMAT_VERSION = 3
 #: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
@@ -68,7 +68,7 @@ class LatentMemoryConfig:
     ``max_confidence``: cap of the fused observation weight (recency: a new observation always has
     at least ``1 / (max_confidence + 1)`` influence). ``max_splat_radius``: footprint splat cap in latent
     pixels (0 disables splatting). ``feature_dtype``: ``"float16"`` or ``"float32"`` storage.
-    ``max_imagined_magnification``: an imagined token (the model's own, see ``observed``) seen more than
+    ``max_imagined_magnification``: an imagined token (``OBSERVED_SHARE``) seen more than
     this many times larger than when it was written is not drawn (``read``); see
     ``MAX_IMAGINED_MAGNIFICATION``.
     """
@@ -393,7 +393,7 @@ class LatentSpatialMemory:
         # rounding), so this is also how many times larger than then it is seen.
         camera_z = (self.positions[ids] - eye) @ pose[:3, 2].float()
         footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
-        drawn = (self.observed[ids] >= 0.5) | (footprint <= self.config.max_imagined_magnification)
+        drawn = (self.observed[ids] >= OBSERVED_SHARE) | (footprint <= self.config.max_imagined_magnification)
         ids, footprint = ids[drawn], footprint[drawn]
         positions, normals = self.positions[ids], self.normals[ids]
         radius = None
@@ -450,7 +450,7 @@ class LatentSpatialMemory:
             # Remembered tokens are decoded as they were seen; the scale brings their depth to this view.
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
             surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
-            surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < 0.5))
+            surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < OBSERVED_SHARE))
         log_scale = torch.where(read.coverage, torch.log2(read.source_depth / read.depth), torch.zeros_like(read.depth))
         alignment = torch.cat([read.offsets.permute(2, 0, 1), log_scale[None]])
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,

@@ -37,6 +37,12 @@ class Frame:
     observed: bool = False
 
 
+#: A remembered token counts as observed (real) when at least this share of its fused observations were
+#: real, else as imagined (the model's own): what the read refiner redraws, what may be settled as an
+#: outlier, and what is left out when seen much larger than it was written all follow this one rule.
+OBSERVED_SHARE = 0.5
+
+
 @dataclass
 class MemoryView:
     """What the denoiser is given of a memory at the target camera, on the latent grid.

@@ -35,6 +35,7 @@ from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
                                MemoryView, NoMemory, SpatialMemory, write_back)
 from mirage_ros.memory.projection import RayCache, clamp_to_floor
+from mirage_ros.memory.protocol import OBSERVED_SHARE
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
@@ -415,7 +416,7 @@ class WorldModel:
             return view
         redrawn = view.coverage
         if not self.refiner.config.redraws_imagined and view.observed is not None:
-            redrawn = redrawn & (view.observed >= 0.5)
+            redrawn = redrawn & (view.observed >= OBSERVED_SHARE)
         weight = redraw_weight(view.alignment) * redrawn
         if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
