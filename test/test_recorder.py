@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -22,24 +23,35 @@ from mirage_ros.ros.recorder import DEFAULT_TOPICS, message_class
 pytestmark = pytest.mark.ros
 
 
-def recorder_process(bag) -> subprocess.Popen:
-    """mirage_record writing `bag`, on sim time (as the launch file starts it)."""
-    return subprocess.Popen([sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-p", f"output:={bag}",
-                             "-p", "use_sim_time:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class RecorderProcess:
+    """mirage_record writing `bag` in its own process, on sim time (as the launch file starts it); its console
+    is read line by line as it comes, so a test can wait for what the recorder says."""
 
+    def __init__(self, bag) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-p", f"output:={bag}",
+             "-p", "use_sim_time:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
 
-def stop(process: subprocess.Popen) -> str:
-    """Ctrl-C: the recorder finishes; it must exit cleanly, with no rosout error on the way out."""
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=60)[0]
-    assert process.returncode == 0, output
-    assert "Failed to publish log message to rosout" not in output, output
-    return output
+    def has_said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def stop(self) -> str:
+        """Ctrl-C: the recorder finishes; it must exit cleanly, with no rosout error on the way out."""
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        output = "".join(self.lines)
+        assert self.process.returncode == 0, output
+        assert "Failed to publish log message to rosout" not in output, output
+        return output
 
 
 def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, tmp_path):
     bag = tmp_path / "rollout"
-    recorder = recorder_process(bag)
+    recorder = RecorderProcess(bag)
     try:
         with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint)), ros_client("driver") as client:
             live = Recorder(client)
@@ -57,7 +69,7 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
             joined = len(live.images)
             client.spin_until(lambda: len(live.images) > joined + 50, timeout=90, what="50 recorded frames")
     finally:
-        stop(recorder)  # Ctrl-C: the recorder finishes the bag
+        recorder.stop()  # Ctrl-C: the recorder finishes the bag
     assert not (tmp_path / ".rollout.partial").exists()
 
     with Reader(bag) as reader:
@@ -96,17 +108,17 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
 def test_without_clock_nothing_is_recorded_stamped_zero_and_the_recorder_says_why(tiny_checkpoint, tmp_path):
     """A simulator that does not own /clock next to a recorder on sim time: the recorder waits, warns, and
     records from the first /clock on; one stopped before any /clock leaves no bag."""
-    waiting, never = recorder_process(tmp_path / "waiting"), recorder_process(tmp_path / "never")
+    waiting, never = RecorderProcess(tmp_path / "waiting"), RecorderProcess(tmp_path / "never")
     try:
         with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", "publish_clock:=false")), \
                 ros_client("clock") as client:
             live = Recorder(client)
             cmd_vel = client.node.create_publisher(Twist, "/cmd_vel", 10)
             wait_until_running(client, live, cmd_vel)
-            client.spin_until(lambda: client.node.count_subscribers("/camera/image_raw") >= 3, timeout=60,
-                              what="both recorders to subscribe")
-            client.spin_for(1.5)
-            never_output = stop(never)
+            # Each recorder warns on the first message it had to drop (a fixed wait was too short in one CI run).
+            client.spin_until(lambda: waiting.has_said("no /clock has arrived") and never.has_said("no /clock has arrived"),
+                              timeout=90, what="both recorders to receive frames before any /clock")
+            never_output = never.stop()
             clock = client.node.create_publisher(Clock, "/clock", 10)
             ticks = iter(range(1_000_000))
             client.node.create_timer(0.05, lambda: clock.publish(Clock(clock=time_msg(1000.0 + 0.05 * next(ticks)))))
@@ -115,7 +127,7 @@ def test_without_clock_nothing_is_recorded_stamped_zero_and_the_recorder_says_wh
             client.spin_until(lambda: len(live.images) >= clocked + 30, timeout=90, what="frames after the clock")
             client.spin_for(0.5)
     finally:
-        output = stop(waiting)
+        output = waiting.stop()
     assert "no bag written: no message was recorded" in never_output and "for want of /clock" in never_output
     assert not (tmp_path / "never").exists() and not (tmp_path / ".never.partial").exists()
     assert "no /clock has arrived" in output and "for want of /clock" in output
