@@ -60,3 +60,32 @@ def depth_to_scan(depth: np.ndarray, K: np.ndarray, camera_to_base: np.ndarray, 
     keep = (index >= 0) & (index < count) & (distance >= config.range_min) & (distance <= config.range_max)
     np.minimum.at(ranges, index[keep], distance[keep])
     return angle_min, angle_min + (count - 1) * config.angle_increment, ranges.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RangeScan:
+    """A planar range scan in the base frame (x forward, y left): beam bearings (rad) and ranges (m,
+    ``inf`` where nothing was seen), as a ``sensor_msgs/LaserScan`` carries them."""
+
+    bearings: np.ndarray
+    ranges: np.ndarray
+
+    @classmethod
+    def from_laser(cls, angle_min: float, angle_increment: float, ranges: np.ndarray) -> "RangeScan":
+        ranges = np.asarray(ranges, dtype=np.float64)
+        return cls(angle_min + angle_increment * np.arange(len(ranges)), ranges)
+
+    @classmethod
+    def from_depth(cls, depth: np.ndarray, K: np.ndarray, camera_to_base: np.ndarray, hfov: float,
+                   config: ScanConfig = ScanConfig()) -> "RangeScan":
+        """The scan ``depth_to_scan`` synthesises (the node's ``scan`` topic) of one depth image."""
+        angle_min, _, ranges = depth_to_scan(depth, K, camera_to_base, hfov, config)
+        return cls.from_laser(angle_min, config.angle_increment, ranges)
+
+    def free_ahead(self, half_width: float) -> float:
+        """How far (m) the robot can drive straight on before a seen point enters its corridor
+        (``inf``: nothing seen in it). NaN ranges are ignored."""
+        with np.errstate(invalid="ignore"):
+            x, y = self.ranges * np.cos(self.bearings), self.ranges * np.sin(self.bearings)
+            in_corridor = np.isfinite(x) & np.isfinite(y) & (x > 0) & (np.abs(y) <= half_width)
+        return float(x[in_corridor].min()) if in_corridor.any() else math.inf

@@ -42,6 +42,7 @@ from mirage_ros.ros.recording import (RecordingOptions, add_recording_arguments,
                                       read_recording, start_in_recording)
 from mirage_ros.ros.recording import commands_from_bag as recorded_commands
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
+from mirage_ros.sensors import RangeScan, ScanConfig
 from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator
 from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
@@ -107,8 +108,8 @@ def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: 
                    initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True,
                    map_bag: Path | None = None, recording_options: RecordingOptions | None = None) -> Path:
     """Run one rollout into the bag ``output``; returns its path. ``schedule``: timed inputs, or a
-    ``Tour`` steered from the base's pose each step. ``map_bag``: the memory is built from every usable
-    frame of this recording first (its odometry frame is the rollout's)."""
+    ``Tour`` steered each step from the base's pose and the scan of the last frame. ``map_bag``: the
+    memory is built from every usable frame of this recording first (its odometry frame is the rollout's)."""
     simulator = build_simulator(params, progress=progress)
     if start is not None:
         simulator.start = start
@@ -119,7 +120,7 @@ def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: 
     simulator.reset()
     dt = 1.0 / params["rate"]
     output_settings = OutputConfig.from_parameters(params, resolve_frame_prefix(params["frame_prefix"], "/"))
-    preview_frames = []
+    preview_frames, scan = [], None
     with BagWriter(output) as bag:
         for topic, kind in STEP_TOPICS.items():
             bag.add_topic("/" + topic, f"{kind.__module__.split('.')[0]}/msg/{kind.__name__}")
@@ -133,7 +134,7 @@ def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: 
         for k in tqdm(range(steps), desc=f"rollout {output.name}", unit="step", disable=not progress):
             t = k * dt
             if isinstance(schedule, Tour):
-                kind, (forward, yaw_rate) = "commands", schedule.command(simulator.base.pose)
+                kind, (forward, yaw_rate) = "commands", schedule.command(simulator.base.pose, scan)
                 values = np.array([forward, 0.0, yaw_rate])
             else:
                 kind, values = schedule.kind, schedule.at(t)
@@ -148,6 +149,9 @@ def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: 
                 pose = PlanarPose(*values)
             now = t + dt
             frame = simulator.step(dt, now, pose)
+            if isinstance(schedule, Tour):  # what the tour reads next step, as a planner reads the scan topic
+                scan = RangeScan.from_depth(frame.result.depth, simulator.camera.K, simulator.mount.base_to_optical,
+                                            simulator.camera.hfov, output_settings.scan or ScanConfig())
             stamp, nanoseconds = time_msg(now), int(round(now * 1e9))
             bag.write_canonical("/clock", nanoseconds, serialize_message(Clock(clock=stamp)))
             for topic, message in frame_messages(frame, stamp, simulator.camera, simulator.mount,

@@ -1,7 +1,7 @@
 """``make run`` / ``mirage-run``: the simulator node stack without the ros2 CLI.
 
 Starts ``mirage_sim`` with the same ``config/sim.yaml`` the launch file uses, plus the demo tour
-driver (``mirage_ros/tour.py``: steered from ``odom``, sent as ``cmd_vel``), in one process on the
+driver (``mirage_ros/tour.py``: steered from ``odom`` and ``scan``, sent as ``cmd_vel``), in one process on the
 pip-installed ROS 2. Everything goes over real topics, so ``ros2 topic echo`` from another shell
 (where available) sees the same traffic. At the end
 it writes what was published to ``--output``: ``frames.png`` (published RGB and depth over time),
@@ -24,29 +24,36 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, LaserScan
 
 from mirage_ros.geometry import yaw_of
 from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, seconds_of
 from mirage_ros.ros.parameters import default_config
 from mirage_ros.ros.sim_node import SimNode
+from mirage_ros.sensors import RangeScan
 from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
 
 class TourDriver(Node):
-    """Drives the demo ``Tour`` from ``odom``: each odometry message is answered with the ``cmd_vel``
-    the tour asks for at that pose (the node publishes odometry every step, well within any command
-    timeout)."""
+    """Drives the demo ``Tour`` from ``odom`` and ``scan``: each odometry message is answered with the
+    ``cmd_vel`` the tour asks for at that pose, given the latest scan (the node publishes odometry every
+    step, well within any command timeout)."""
 
     def __init__(self) -> None:
         super().__init__("mirage_tour_driver")
         self.tour = Tour()
+        self.scan: RangeScan | None = None
         self.publisher = self.create_publisher(Twist, "cmd_vel", 10)
         self.create_subscription(Odometry, "odom", self._on_odom, 10)
+        self.create_subscription(LaserScan, "scan", self._on_scan, 10)
+
+    def _on_scan(self, msg: LaserScan) -> None:
+        self.scan = RangeScan.from_laser(msg.angle_min, msg.angle_increment, msg.ranges)
 
     def _on_odom(self, msg: Odometry) -> None:
-        forward, yaw_rate = self.tour.command(planar_pose_from_matrix(pose_to_matrix(msg.pose.pose)))
+        pose = planar_pose_from_matrix(pose_to_matrix(msg.pose.pose))
+        forward, yaw_rate = self.tour.command(pose, self.scan)
         command = Twist()
         command.linear.x, command.angular.z = forward, yaw_rate
         self.publisher.publish(command)
