@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,6 +61,24 @@ def test_seeded_rollouts_are_identical():
         outputs.append([model.step(pose).rgb for pose in poses(3)])
     for a, b in zip(*outputs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stochastic_sampling_follows_the_sampling_config():
+    """Switching ``sampling`` switches the scheduler: the stochastic sampler generates another frame than the
+    ODE sampler (the default), and draws its fresh noise from the model's seeded generator."""
+    stochastic, ordinary, again = tiny_model(seed=3), tiny_model(seed=3), tiny_model(seed=3)
+    for model in (stochastic, again):
+        model.sampling = replace(model.sampling, stochastic_sampling=True)
+    assert stochastic.scheduler.config.stochastic_sampling and not ordinary.scheduler.config.stochastic_sampling
+    turned = START @ np.array([[0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    frames = []
+    for model in (stochastic, ordinary, again):
+        model.reset(*observation(), CAMERA.K, START)
+        result = model.step(turned)  # looking away from what was observed: generated from noise
+        assert result.denoiser_calls == model.sampling.num_inference_steps
+        frames.append(result.latent)
+    assert not torch.allclose(frames[0], frames[1])
+    torch.testing.assert_close(frames[0], frames[2], rtol=0, atol=0)
 
 
 def test_remembered_view_is_kept_verbatim_or_redrawn():

@@ -28,6 +28,11 @@ class SamplingConfig:
     denoiser). Off, the memory read is the starting point and the condition, and the denoiser
     redraws every token: it can re-align remembered content to the new view (tokens are read on
     the coarse latent grid), at the price of revisits being only as stable as the denoiser.
+
+    ``stochastic_sampling``: each step re-noises the denoiser's clean estimate to the next noise level
+    with fresh noise (the scheduler's stochastic variant) instead of following the flow's ODE: long
+    drives look more like real frames, content the memory knows but does not cover comes out less
+    faithful (the shipped model keeps it off; model card).
     """
 
     num_inference_steps: int = 4
@@ -35,6 +40,7 @@ class SamplingConfig:
     reuse_sigma: float = 0.3
     reuse_steps: int = 1
     keep_remembered: bool = True
+    stochastic_sampling: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_inference_steps <= 50:
@@ -142,5 +148,5 @@ def _denoise(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscr
         sigma_batch = sigma.reshape(1).to(device).expand(sample.shape[0])
         clean = condition.predict_clean(denoiser, sample, sigma_batch).float()
         velocity = (sample - clean) / sigma
-        sample = scheduler.step(velocity, timestep, sample).prev_sample
+        sample = scheduler.step(velocity, timestep, sample, generator=generator).prev_sample
     return known * memory_latent + (1.0 - known) * sample

@@ -177,13 +177,12 @@ class WorldModel:
             for module in (self.autoencoder, self.denoiser, self.refiner):
                 if module is not None:
                     module.to(memory_format=torch.channels_last)
-        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=denoiser.config.num_train_timesteps)
         self.image_size = tuple(image_size)
         factor = autoencoder.downsample_factor
         if self.image_size[0] % factor or self.image_size[1] % factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of {factor}")
         self.latent_size = (self.image_size[0] // factor, self.image_size[1] // factor)
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or SamplingConfig()  # also builds the scheduler
         self.memory_config = memory_config or LatentMemoryConfig(patch_size=factor)
         if self.memory_config.patch_size != factor:
             raise ValueError(f"memory patch_size {self.memory_config.patch_size} must equal the autoencoder's "
@@ -244,6 +243,17 @@ class WorldModel:
         settings = {"format_version": SETTINGS_VERSION, "image_size": list(self.image_size),
                     "sampling": asdict(self.sampling), "memory": asdict(self.memory_config)}
         (root / "world_model.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """How frames are generated; setting it (e.g. another step count) also sets up the scheduler."""
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, config: SamplingConfig) -> None:
+        self._sampling = config
+        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.denoiser.config.num_train_timesteps,
+                                                         stochastic_sampling=config.stochastic_sampling)
 
     def _autocast(self) -> torch.autocast:
         """Network arithmetic in ``compute_dtype``; memory, geometry and outputs stay float32."""
