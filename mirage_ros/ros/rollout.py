@@ -42,7 +42,7 @@ from mirage_ros.ros.recording import (RecordingOptions, add_recording_arguments,
                                       read_recording, start_in_recording)
 from mirage_ros.ros.recording import commands_from_bag as recorded_commands
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
-from mirage_ros.sensors import RangeScan, ScanConfig
+from mirage_ros.sensors import RangeScan
 from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator
 from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
@@ -149,14 +149,16 @@ def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: 
                 pose = PlanarPose(*values)
             now = t + dt
             frame = simulator.step(dt, now, pose)
-            if isinstance(schedule, Tour):  # what the tour reads next step, as a planner reads the scan topic
-                scan = RangeScan.from_depth(frame.result.depth, simulator.camera.K, simulator.mount.base_to_optical,
-                                            simulator.camera.hfov, output_settings.scan or ScanConfig())
             stamp, nanoseconds = time_msg(now), int(round(now * 1e9))
             bag.write_canonical("/clock", nanoseconds, serialize_message(Clock(clock=stamp)))
-            for topic, message in frame_messages(frame, stamp, simulator.camera, simulator.mount,
-                                                 output_settings).items():
+            messages = frame_messages(frame, stamp, simulator.camera, simulator.mount, output_settings)
+            for topic, message in messages.items():
                 bag.write_canonical("/" + topic, nanoseconds, serialize_message(message))
+            if isinstance(schedule, Tour):  # what the tour reads next step, as make run reads the scan topic
+                laser = messages.get("scan")
+                scan = (RangeScan.from_laser(laser.angle_min, laser.angle_increment, laser.ranges) if laser is not None
+                        else RangeScan.from_depth(frame.result.depth, simulator.camera.K,
+                                                  simulator.mount.base_to_optical, simulator.camera.hfov))
             bag.write("/tf", nanoseconds, tf_message_cdr(bag.typestore, nanoseconds,
                                                          [(out.odom_frame, out.base_frame, frame.pose.matrix())]))
             if preview is not None and k % max(1, steps // 18) == 0:
