@@ -118,6 +118,33 @@ def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_aver
         train_denoiser.main(arguments)
 
 
+def test_anchored_rollouts_observe_every_nth_true_frame_and_generate_the_rest(tmp_path, tiny_checkpoint):
+    """``anchor_every`` N: frames 0, N, 2N... are the true frames' encodings (observed), the others generated;
+    the steps after an anchor continue from it."""
+    from mirage_ros.model import WorldModel
+    from mirage_ros.training.latents import encode_sequences
+    from mirage_ros.training.rollouts import roll_out_sequences
+    from mirage_ros.worlds.dataset import SequenceDataset
+
+    torch.set_num_threads(2)
+    write_dataset(tmp_path / "data", "train", worlds=1, sequences_per_world=1, frames=8, width=64, height=64,
+                  workers=1, progress=False)
+    sequences = SequenceDataset(tmp_path / "data", "train")
+    model = WorldModel.from_pretrained(tiny_checkpoint)
+    truth = encode_sequences(model.autoencoder, sequences).latents[0].float()
+    rollout = roll_out_sequences(model, sequences, anchor_every=3)
+    latents, depths = rollout.latents[0].float(), rollout.depths[0]
+    close = [torch.allclose(latents[i], truth[i], atol=1e-2) for i in range(8)]
+    assert close == [True, False, False, True, False, False, True, False]
+    assert torch.equal(depths[3], sequences[0]["depth"][3].float())  # anchors keep the true depth
+    assert rollout.rgb[0].shape == (8, 3, 64, 64)
+    free = roll_out_sequences(model, sequences).latents[0].float()
+    assert torch.equal(free[:3], latents[:3])  # same start, same seed: the same frames until the first anchor
+    assert not torch.allclose(free[4], latents[4], atol=1e-3)  # after it, generation continues from the anchor
+    with pytest.raises(ValueError, match="anchor_every"):
+        roll_out_sequences(model, sequences, anchor_every=-1)
+
+
 def test_read_refiner_training_beats_the_raw_read_and_exports_with_the_model(tmp_path, tiny_checkpoint):
     """``mirage-train-refiner``: the refined reads come closer to the true latents than the reads
     themselves; ``mirage-export --refiner`` ships the refiner, which ``from_pretrained`` loads."""

@@ -6,7 +6,8 @@ The dataset's training split is encoded once with the frozen autoencoder (latent
 places them in memory, cached in ``--output/latents.safetensors``); examples are then drawn with memories built as
 ``WorldModel`` builds them (see ``samples.py``). With ``--rollouts-from WORLD_MODEL`` that world model
 first drives every training sequence from its first frame (``rollouts.py``, cached in
-``--output/rollouts.safetensors``) and half the examples condition on its own generated frames.
+``--output/rollouts.safetensors``) and half the examples condition on its own generated frames;
+``--rollout-anchor-every N`` re-observes every Nth true frame in those rollouts, keeping them near the truth.
 Interrupt at any time: rerunning the command resumes.
 """
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="denoiser checkpoint whose weights (and architecture) a new run starts from, e.g. the "
                              "shipped one; a run directory with a checkpoint always resumes instead")
+    parser.add_argument("--rollout-anchor-every", type=int, default=0,
+                        help="those rollouts observe every Nth true frame instead of generating it, so that they "
+                             "stray at most N-1 steps from the truth (0: generated from the first frame on)")
     parser.add_argument("--rollout-probability", type=float, default=SampleConfig.rollout_probability,
                         help="share of examples drawn from those rollouts")
     args = parser.parse_args(argv)
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.output / "latents.safetensors", args.decoder_depth)
         rollouts = None if args.rollouts_from is None else load_or_build_rollouts(
             rollout_model(args.rollouts_from, autoencoder, args.seed), args.data, "train",
-            args.output / "rollouts.safetensors")
+            args.output / "rollouts.safetensors", args.rollout_anchor_every)
     h, w = sequences.latents[0].shape[-2:]
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
     write_memory_settings(state, args.output, memory_config)
