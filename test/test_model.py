@@ -100,22 +100,6 @@ def test_remembered_view_is_kept_verbatim_or_redrawn():
     assert not np.array_equal(redrawn.step(START).rgb, result.rgb)
 
 
-def test_reuse_starts_uncovered_cells_from_their_covered_neighbours():
-    from mirage_ros.model.sampling import fill_uncovered
-
-    latent = torch.zeros(1, 2, 5, 5)
-    latent[0, :, :, 0], latent[0, :, :, 2] = 1.0, 3.0
-    coverage = torch.zeros(1, 5, 5)
-    coverage[0, :, 0] = coverage[0, :, 2] = 1
-    filled = fill_uncovered(latent, coverage)
-    assert torch.equal(filled[..., [0, 2]], latent[..., [0, 2]])  # covered cells as read
-    assert torch.allclose(filled[..., 1], torch.full((1, 2, 5), 2.0))  # between two: their mean
-    assert torch.allclose(filled[..., 3], torch.full((1, 2, 5), 3.0))  # one ring out: the nearest
-    assert torch.allclose(filled[..., 4], torch.full((1, 2, 5), 3.0))  # two rings out
-    assert torch.equal(fill_uncovered(latent, coverage, max_rings=1)[..., 4], torch.zeros(1, 2, 5))
-    assert torch.equal(fill_uncovered(latent, torch.zeros(1, 5, 5)), torch.zeros(1, 2, 5, 5))  # nothing to spread
-
-
 def test_bad_input():
     model = tiny_model()
     rgb, depth = observation()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mirage_ros.model.autoencoder import RGBDAutoencoder
@@ -22,8 +21,7 @@ class SamplingConfig:
     ``num_inference_steps`` flow-matching steps from pure noise. Memory reuse: when the memory
     already covers at least ``reuse_coverage`` of the view (``None``: never), generation instead starts
     from the memory read noised to ``reuse_sigma`` and takes ``reuse_steps`` steps (it need not
-    regenerate what memory holds); the few cells the read leaves empty start from their covered
-    neighbours (``fill_uncovered``), not from an empty latent.
+    regenerate what memory holds).
 
     ``keep_remembered``: remembered tokens are pasted into the sample at every step and into the
     result, so a revisited place is exactly what was seen (and a fully covered view skips the
@@ -133,26 +131,6 @@ def sample_latent(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEuler
     return SampleOutput(latent, calls)
 
 
-def fill_uncovered(latent: torch.Tensor, coverage: torch.Tensor, max_rings: int = 16) -> torch.Tensor:
-    """``latent [B,C,h,w]`` with each uncovered cell (``coverage [B,h,w]`` 0) set to the mean of its covered
-    neighbours, ring by ring outwards (at most ``max_rings``; cells further from any covered one stay 0).
-
-    The start of a memory-reuse step: training's reuse examples hold the true latent, noised, in the cells
-    the read misses, so an empty (zero) latent there is a start the denoiser never met, and it would
-    return a flat patch."""
-    known = coverage.unsqueeze(1).to(latent.dtype)
-    value = latent * known
-    for _ in range(max_rings):
-        if bool((known > 0).all()):
-            break
-        total = F.avg_pool2d(value, 3, 1, 1, count_include_pad=False)
-        weight = F.avg_pool2d(known, 3, 1, 1, count_include_pad=False)
-        reached = (weight > 0).to(latent.dtype)
-        value = torch.where(known > 0, value, total / weight.clamp_min(1e-6) * reached)
-        known = torch.maximum(known, reached)
-    return value
-
-
 def _denoise(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscreteScheduler,
              condition: DenoiserCondition, sigmas: list[float], config: SamplingConfig,
              generator: torch.Generator) -> torch.Tensor:
@@ -163,7 +141,7 @@ def _denoise(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscr
     scheduler.set_timesteps(sigmas=sigmas, device=device)
     noise = torch.randn(memory_latent.shape, generator=generator, device=device)
     start = sigmas[0]
-    sample = noise if start >= 1.0 else (1.0 - start) * fill_uncovered(memory_latent, condition.coverage) + start * noise
+    sample = noise if start >= 1.0 else (1.0 - start) * memory_latent + start * noise
     known = condition.coverage.unsqueeze(1) if keep else torch.zeros_like(condition.coverage.unsqueeze(1))
     for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas):
         sample = known * ((1.0 - sigma) * memory_latent + sigma * noise) + (1.0 - known) * sample
