@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import Twist
 from mcap_check import decode_every_message
+from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message
 from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
 from rosbags.rosbag2 import Reader
+from rcl_interfaces.msg import Log
 from rosgraph_msgs.msg import Clock
 
 from mirage_ros.msg import SimStatus
@@ -24,13 +26,15 @@ pytestmark = pytest.mark.ros
 
 
 class RecorderProcess:
-    """mirage_record writing `bag` in its own process, on sim time (as the launch file starts it); its console
-    is read line by line as it comes, so a test can wait for what the recorder says."""
+    """mirage_record writing `bag` in its own process, on sim time (as the launch file starts it), under the node
+    name `name` (so its /rosout messages can be told apart); its console is read line by line as it comes, so a
+    test can wait for what the recorder says."""
 
-    def __init__(self, bag) -> None:
+    def __init__(self, bag, name: str = "mirage_record") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-p", f"output:={bag}",
-             "-p", "use_sim_time:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-r", f"__node:={name}",
+             "-p", f"output:={bag}", "-p", "use_sim_time:=true"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
         self.reader.start()
@@ -108,16 +112,22 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
 def test_without_clock_nothing_is_recorded_stamped_zero_and_the_recorder_says_why(tiny_checkpoint, tmp_path):
     """A simulator that does not own /clock next to a recorder on sim time: the recorder waits, warns, and
     records from the first /clock on; one stopped before any /clock leaves no bag."""
-    waiting, never = RecorderProcess(tmp_path / "waiting"), RecorderProcess(tmp_path / "never")
+    waiting, never = RecorderProcess(tmp_path / "waiting", "record_waiting"), RecorderProcess(tmp_path / "never",
+                                                                                              "record_never")
     try:
         with node_process("mirage_ros.ros.sim_node", *node_args(tiny_checkpoint, "-p", "publish_clock:=false")), \
                 ros_client("clock") as client:
             live = Recorder(client)
+            rosout: list[Log] = []
+            client.node.create_subscription(Log, "/rosout", rosout.append, QoSProfile(depth=1000))
             cmd_vel = client.node.create_publisher(Twist, "/cmd_vel", 10)
             wait_until_running(client, live, cmd_vel)
             # Each recorder warns on the first message it had to drop (a fixed wait was too short in one CI run).
-            client.spin_until(lambda: waiting.has_said("no /clock has arrived") and never.has_said("no /clock has arrived"),
-                              timeout=90, what="both recorders to receive frames before any /clock")
+            # Wait for the warnings on /rosout, not on the console: the console line is written first, and a Ctrl-C
+            # between the two made the recorder's own log call fail to reach /rosout (one CI run).
+            warned = lambda name: any(m.name == name and "no /clock has arrived" in m.msg for m in rosout)
+            client.spin_until(lambda: warned("record_waiting") and warned("record_never"), timeout=90,
+                              what="both recorders to receive frames before any /clock")
             never_output = never.stop()
             clock = client.node.create_publisher(Clock, "/clock", 10)
             ticks = iter(range(1_000_000))
