@@ -108,6 +108,16 @@ def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_aver
                  "--output", str(tmp_path / "model"), "--image-size", "64", "64"])
     shipped = load_file(tmp_path / "model" / "denoiser" / "diffusion_pytorch_model.safetensors")
     assert torch.allclose(shipped[name].float(), average[name], atol=1e-3)
+    # Blended with the weights it started from: a quarter of those, three quarters of the average.
+    export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(dn / "checkpoint"),
+                 "--denoiser-blend", str(tiny_checkpoint / "denoiser"), "0.25", "--output", str(tmp_path / "blend"),
+                 "--image-size", "64", "64"])
+    blended = load_file(tmp_path / "blend" / "denoiser" / "diffusion_pytorch_model.safetensors")
+    assert torch.allclose(blended[name].float(), 0.75 * average[name] + 0.25 * start[name].float(), atol=1e-3)
+    with pytest.raises(SystemExit):  # argparse's error exit: the weight is not a number
+        export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(dn / "checkpoint"),
+                     "--denoiser-blend", str(tiny_checkpoint / "denoiser"), "half", "--output", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
     # Rollouts from a model with another autoencoder would live in another latent space: refused.
     torch.manual_seed(1)
@@ -116,6 +126,24 @@ def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_aver
     arguments[arguments.index("--output") + 1] = str(tmp_path / "dn_other")
     with pytest.raises(ValueError, match="another latent space"):
         train_denoiser.main(arguments)
+
+
+def test_blended_weights_lie_between_the_two_and_other_architectures_are_refused():
+    from mirage_ros.model import MemoryConditionedDenoiser
+    from mirage_ros.training.export import blend_weights
+
+    torch.manual_seed(0)
+    model, other = (MemoryConditionedDenoiser(latent_channels=4, block_out_channels=(16, 16)) for _ in range(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blend_weights(model, other, 0.3)
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, 0.7 * before[key] + 0.3 * other.state_dict()[key], atol=1e-6), key
+    assert not torch.equal(model.state_dict()["unet.conv_in.weight"], before["unet.conv_in.weight"])
+    wider = MemoryConditionedDenoiser(latent_channels=4, block_out_channels=(32, 32))
+    with pytest.raises(ValueError, match="another architecture"):
+        blend_weights(model, wider, 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend_weights(model, other, 1.5)
 
 
 def test_anchored_rollouts_observe_every_nth_true_frame_and_generate_the_rest(tmp_path, tiny_checkpoint):

@@ -4,7 +4,10 @@
         --output mirage_ros/checkpoints/default
 
 A training checkpoint that holds a moving average of its weights (``checkpoint/ema``) is exported
-with those weights unless ``--raw-weights`` is given.
+with those weights unless ``--raw-weights`` is given. ``--denoiser-blend OTHER WEIGHT`` ships a weighted
+average of the denoiser and another of the same architecture (weight-space ensembling, as in WiSE-FT):
+a denoiser fine-tuned on its own rollouts, blended with the one it started from, can keep the gains of
+both where either alone trades one target for another.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 from mirage_ros.memory import LatentMemoryConfig
 from mirage_ros.model import (MemoryConditionedDenoiser, MemoryReadRefiner, RGBDAutoencoder, SamplingConfig, WorldModel,
@@ -23,6 +28,20 @@ from mirage_ros.training.train_denoiser import MEMORY_SETTINGS
 def component_weights(checkpoint: Path, raw: bool = False) -> Path:
     """The folder whose weights to ship: the moving average beside ``checkpoint`` unless ``raw``."""
     return checkpoint if raw or not (checkpoint / EMA_FOLDER).is_dir() else checkpoint / EMA_FOLDER
+
+
+def blend_weights(model: torch.nn.Module, other: torch.nn.Module, weight: float) -> None:
+    """Move ``model``'s floating-point parameters and buffers to ``(1 - weight) * model + weight * other``,
+    in place; ``other`` must have the same architecture (the same tensor names and shapes)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend weight must lie in [0, 1], got {weight}")
+    mine, theirs = model.state_dict(), other.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        raise ValueError(f"cannot blend a {type(model).__name__} with a {type(other).__name__} of another architecture")
+    with torch.no_grad():
+        for name, tensor in mine.items():
+            if tensor.is_floating_point():
+                tensor.lerp_(theirs[name].to(tensor.dtype), weight)
 
 
 def training_memory_config(denoiser: Path) -> LatentMemoryConfig | None:
@@ -42,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--denoiser", type=Path, required=True)
     parser.add_argument("--refiner", type=Path, default=None,
                         help="memory-read refiner checkpoint (mirage-train-refiner); none: reads decoded as read")
+    parser.add_argument("--denoiser-blend", nargs=2, metavar=("CHECKPOINT", "WEIGHT"), default=None,
+                        help="ship the average of --denoiser and this denoiser checkpoint (same architecture), the "
+                             "latter weighted WEIGHT in [0, 1]")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--image-size", type=int, nargs=2, default=[128, 128], metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--steps", type=int, default=SamplingConfig.num_inference_steps, help="sampling steps")
@@ -56,8 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     memory_config = training_memory_config(args.denoiser)
     if memory_config is None:
         print(f"note: no {MEMORY_SETTINGS} beside {args.denoiser}; the default memory settings are exported")
-    model = WorldModel(load_component(RGBDAutoencoder, autoencoder),
-                       load_component(MemoryConditionedDenoiser, denoiser), tuple(args.image_size),
+    denoiser_model = load_component(MemoryConditionedDenoiser, denoiser)
+    if args.denoiser_blend is not None:
+        other, weight = args.denoiser_blend
+        try:
+            weight = float(weight)
+        except ValueError:
+            parser.error(f"--denoiser-blend WEIGHT must be a number, got {weight!r}")
+        other = component_weights(Path(other), args.raw_weights)
+        print(f"blending the denoiser with {other} (weight {weight})")
+        blend_weights(denoiser_model, load_component(MemoryConditionedDenoiser, other), weight)
+    model = WorldModel(load_component(RGBDAutoencoder, autoencoder), denoiser_model, tuple(args.image_size),
                        memory_config=memory_config,
                        sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered),
                        refiner=load_component(MemoryReadRefiner, refiner) if refiner else None)
