@@ -65,11 +65,10 @@ def test_recorded_bag_holds_every_step_with_consistent_stamps(tiny_checkpoint, t
             command.linear.x, command.angular.z = 0.3, 0.4
             client.node.create_timer(0.05, lambda: cmd_vel.publish(command))
             # The recorder starts in parallel and may be slow to come up on a loaded machine: count the 50 frames
-            # from the moment it subscribed to the images and to /clock (on sim time it records nothing before its
-            # first /clock: in one CI run its bag began 27 frames after the image subscription showed).
-            client.spin_until(lambda: client.node.count_subscribers("/camera/image_raw") >= 2
-                              and client.node.count_subscribers("/clock") >= 1, timeout=90,
-                              what="the recorder to subscribe to the images and to /clock")
+            # from its first recorded image (on sim time it records nothing before its first /clock, and discovery
+            # is pairwise: in CI runs its bag began 27 and 38 frames after this client saw it subscribe).
+            client.spin_until(lambda: recorder.has_said("recording /camera/image_raw: first message"), timeout=90,
+                              what="the recorder to record its first image")
             joined = len(live.images)
             client.spin_until(lambda: len(live.images) > joined + 50, timeout=90, what="50 recorded frames")
     finally:

@@ -89,7 +89,10 @@ class RecorderNode(Node):
                 "so far (start the simulator with publish_clock:=true, or record with use_sim_time:=false)",
                 throttle_duration_sec=WAITING_WARNING_PERIOD_S)
             return
-        self.bag.write(self.subscriptions_by_topic[topic].topic_name, stamp, data)
+        name = self.subscriptions_by_topic[topic].topic_name
+        if not self.bag.counts[name]:  # as `ros2 bag record` names each topic it subscribed to
+            self.get_logger().info(f"recording {name}: first message at {stamp * 1e-9:.3f} s")
+        self.bag.write(name, stamp, data)
 
     def close(self) -> str:
         """Finish the bag (or drop it when it holds nothing); returns what happened, for the console
