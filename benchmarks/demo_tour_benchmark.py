@@ -25,11 +25,8 @@ from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.sensors import RangeScan
 from mirage_ros.simulator import build_simulator
 from mirage_ros.tour import Tour
+from mirage_ros.training.metrics import camera_inside_surface
 from mirage_ros.worlds.contact_sheet import contact_sheet
-
-INSIDE_DEPTH = 0.45  # m
-INSIDE_SHARE = 0.2
-
 
 def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None) -> dict[str, float]:
     params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"seed": seed})
@@ -48,8 +45,8 @@ def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None) -> dict[s
         true_depth = truth.step(dt, (k + 1) * dt, frame.pose).result.depth
         depth = frame.result.depth
         scan = RangeScan.from_depth(depth, learned.camera.K, learned.mount.base_to_optical, learned.camera.hfov)
-        inside += np.mean(depth < INSIDE_DEPTH) > INSIDE_SHARE
-        inside_truth += np.mean(true_depth < INSIDE_DEPTH) > INSIDE_SHARE
+        inside += camera_inside_surface(depth)
+        inside_truth += camera_inside_surface(true_depth)
         valid = np.isfinite(depth) & np.isfinite(true_depth) & (true_depth > 0)
         nearer.append(np.mean(depth[valid] < 0.6 * true_depth[valid]))
         driven += math.hypot(frame.pose.x - previous.x, frame.pose.y - previous.y)

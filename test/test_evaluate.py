@@ -24,6 +24,9 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     for name in ("realism_accuracy", "realism_accuracy_last_third", "reference_accuracy_autoencoder"):
         assert 0.0 <= long[name] <= 1.0
     assert long["truth_reprojection_psnr_db"] > long["reprojection_psnr_db"] > 0  # an untrained model is worse
+    # The test worlds' free-space drives keep the true camera out of walls; the figure is a share of frames.
+    assert long["truth_inside_surface_share"] == 0.0 and 0.0 <= long["inside_surface_share"] <= 1.0
+    assert "camera inside a surface" in (output / "report.md").read_text()
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}

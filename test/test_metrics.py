@@ -48,6 +48,19 @@ def test_visibility_from_a_reference_view_and_masked_ssim():
     assert ssim(damaged, image) < 0.9
 
 
+def test_camera_inside_surface_when_a_fifth_of_the_image_is_nearer_than_the_threshold():
+    from mirage_ros.training.metrics import INSIDE_DEPTH, camera_inside_surface
+
+    depth = np.full((10, 10), 3.0)
+    assert not camera_inside_surface(depth)
+    depth[:2] = INSIDE_DEPTH - 0.01  # exactly a fifth: not more than the share
+    assert not camera_inside_surface(depth)
+    depth[2, 0] = 0.1
+    assert camera_inside_surface(depth)
+    depth[:3] = np.nan  # nothing hit is far, not near
+    assert not camera_inside_surface(depth)
+
+
 def test_seam_ratio_sees_cell_blocks_and_not_smooth_images():
     from mirage_ros.training.metrics import seam_ratio
 

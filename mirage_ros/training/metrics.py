@@ -119,6 +119,18 @@ def reprojection_psnr(rgb: np.ndarray, depth: np.ndarray, cam_to_world: np.ndarr
     return min(psnr(np.asarray(next_rgb), landed, consistent), 60.0)
 
 
+#: The camera is "inside a surface" when more than ``INSIDE_SHARE`` of the image is nearer than ``INSIDE_DEPTH``:
+#: the floor is never that near (the camera is 0.35 m or more above it), and a robot that close to a wall has
+#: already hit it. A planner reading such depth sees itself boxed in.
+INSIDE_DEPTH = 0.45  # m
+INSIDE_SHARE = 0.2
+
+
+def camera_inside_surface(depth: np.ndarray) -> bool:
+    """Whether ``depth`` (m; NaN where nothing is hit) puts the camera inside a surface (see ``INSIDE_DEPTH``)."""
+    return bool(np.mean(np.nan_to_num(depth, nan=np.inf) < INSIDE_DEPTH) > INSIDE_SHARE)
+
+
 def seam_gradients(image: np.ndarray, cell: int = 8) -> tuple[float, float]:
     """Mean absolute neighbour difference of ``image [H,W]`` across the borders of ``cell``-pixel
     latent cells, and everywhere else. Their ratio is the token-seam ratio: about 1 for images without
