@@ -28,6 +28,7 @@ from mirage_ros.tour import Tour
 from mirage_ros.training.metrics import camera_inside_surface
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
+
 def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None) -> dict[str, float]:
     params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"seed": seed})
     learned, truth = build_simulator(params), build_simulator(dict(params, renderer="ground_truth"))

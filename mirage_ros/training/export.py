@@ -72,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-weights", action="store_true",
                         help="export the trained weights themselves, not their moving average (checkpoint/ema)")
     args = parser.parse_args(argv)
+    blend = None
+    if args.denoiser_blend is not None:  # checked before anything is loaded
+        other, weight = args.denoiser_blend
+        try:
+            blend = Path(other), float(weight)
+        except ValueError:
+            parser.error(f"--denoiser-blend WEIGHT must be a number, got {weight!r}")
+        if not 0.0 <= blend[1] <= 1.0:
+            parser.error(f"--denoiser-blend WEIGHT must lie in [0, 1], got {weight}")
     autoencoder, denoiser = (component_weights(path, args.raw_weights) for path in (args.autoencoder, args.denoiser))
     refiner = component_weights(args.refiner, args.raw_weights) if args.refiner is not None else None
     print(f"exporting {autoencoder}, {denoiser}" + (f" and {refiner}" if refiner else ""))
@@ -79,15 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if memory_config is None:
         print(f"note: no {MEMORY_SETTINGS} beside {args.denoiser}; the default memory settings are exported")
     denoiser_model = load_component(MemoryConditionedDenoiser, denoiser)
-    if args.denoiser_blend is not None:
-        other, weight = args.denoiser_blend
-        try:
-            weight = float(weight)
-        except ValueError:
-            parser.error(f"--denoiser-blend WEIGHT must be a number, got {weight!r}")
-        other = component_weights(Path(other), args.raw_weights)
-        print(f"blending the denoiser with {other} (weight {weight})")
-        blend_weights(denoiser_model, load_component(MemoryConditionedDenoiser, other), weight)
+    if blend is not None:
+        other = component_weights(blend[0], args.raw_weights)
+        print(f"blending the denoiser with {other} (weight {blend[1]})")
+        blend_weights(denoiser_model, load_component(MemoryConditionedDenoiser, other), blend[1])
     model = WorldModel(load_component(RGBDAutoencoder, autoencoder), denoiser_model, tuple(args.image_size),
                        memory_config=memory_config,
                        sampling=SamplingConfig(num_inference_steps=args.steps, keep_remembered=args.keep_remembered),
