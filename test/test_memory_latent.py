@@ -395,7 +395,8 @@ def test_tokens_keep_whether_they_were_observed_or_imagined(tmp_path):
     old = LatentSpatialMemory(EXACT)
     old.load(tmp_path / "old.safetensors")
     old_read = old.read(B, CAMERA.K, (16, 16))
-    assert torch.equal(old_read.latent, read.latent) and not old_read.observed.any()
+    # The same tokens, all imagined now (which of them shows on a surface may change: observed ones win)
+    assert torch.equal(old_read.coverage, read.coverage) and not old_read.observed.any()
 
 
 def test_window_median_ignores_invalid_cells_and_the_border():
@@ -464,3 +465,72 @@ def test_an_imagined_token_seen_much_larger_than_it_was_written_is_not_drawn(obs
         for x, face in ((-0.3, 1.8), (0.6, 0.9)):
             shown, depth = box_cells(x)
             assert not np.any(depth[shown] < face + 0.05)
+
+
+def test_of_one_surface_the_token_nearest_the_pixel_centre_is_drawn_even_if_a_little_nearer_ones_exist():
+    """Two tokens on one wall project into one latent pixel, the off-centre one 0.2 % nearer. The
+    centred one is drawn, wherever the wall's depth lies (a fixed depth bucketing split one surface at
+    bucket borders, and the nearer token won there)."""
+    from mirage_ros.memory.projection import zbuffer
+
+    K = torch.tensor([[8.0, 0, 7.5], [0, 8.0, 7.5], [0, 0, 1]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    normals = torch.tensor([[0.0, 0.0, -1.0]] * 2, dtype=torch.float64)  # facing the camera
+    for wall in np.linspace(2.0, 2.2, 41):  # steps well below the old 3 % buckets
+        centred = [0.0, 0.0, wall * 1.001]
+        nearer = [0.4 * wall * 0.999 / 8.0, 0.0, wall * 0.999]  # 0.4 pixel to the right of the centre ray
+        points = torch.tensor([nearer, centred], dtype=torch.float64)
+        points[:, :2] += torch.tensor([(8 - 7.5) / 8.0, (8 - 7.5) / 8.0]) * points[:, 2:]  # pixel (8, 8)'s ray
+        winner, _, _ = zbuffer(points, pose, K, (16, 16), normals_world=normals)
+        assert winner[8 * 16 + 8] == 1, f"wall at {wall:.3f} m"
+        handicap = torch.tensor([0.0, 0.5])  # the centred token seen at the wrong scale: it loses
+        assert zbuffer(points, pose, K, (16, 16), normals_world=normals, handicap=handicap)[0][8 * 16 + 8] == 0
+
+
+def test_on_one_surface_an_observed_token_is_drawn_over_an_imagined_one(monkeypatch):
+    """The far wall holds imagined tokens written from A and observed ones from a pose a third of a cell
+    to the side. Read from A the imagined tokens sit nearer the cells' centres, yet the observed ones are
+    drawn (all but the cells at the view's edge that no observed token reaches): where the truth is
+    known, imagination does not cover it."""
+    import mirage_ros.memory.latent as latent_module
+
+    memory = LatentSpatialMemory(EXACT)
+    memory.write(latent(1), depth_at(A), CAMERA.K, A)
+    beside = look_at((-2.0, 7.0 / 8.0 / 3.0, 1.0), (5.0, 7.0 / 8.0 / 3.0, 1.0))  # a third of a cell at 7 m
+    memory.write(latent(2), depth_at(beside), CAMERA.K, beside, observed=True)
+
+    def observed_share() -> float:
+        read = memory.read(A, CAMERA.K, (16, 16))
+        wall = read.coverage & ((read.depth - 7.0).abs() < 0.01)
+        assert wall.sum() >= 20
+        return float(read.observed[wall].mean())
+
+    assert observed_share() > 0.85
+    monkeypatch.setattr(latent_module, "IMAGINED_HANDICAP", 0.0)
+    assert observed_share() < 0.1  # by distance to the centre alone, the imagined tokens win
+
+
+def test_of_tokens_on_one_surface_the_one_seen_at_about_its_own_scale_is_drawn(monkeypatch):
+    """The back wall is observed from 8 m and from 3 m. Read from 3.5 m, wherever a token written from 3 m
+    (seen at 0.86x its size) projects, it is drawn rather than one from 8 m (seen 2.3x larger, which the
+    refiner would have to redraw)."""
+    import mirage_ros.memory.latent as latent_module
+
+    far, near = look_at((-3.0, 0.0, 1.0), (5.0, 0.0, 1.0)), look_at((2.0, 0.0, 1.0), (5.0, 0.0, 1.0))
+    view = look_at((1.5, 0.0, 1.0), (5.0, 0.0, 1.0))
+    config = LatentMemoryConfig(feature_dtype="float32")
+    memory, near_only = LatentSpatialMemory(config), LatentSpatialMemory(config)
+    for pose, seed in ((far, 1), (near, 2)):
+        memory.write(latent(seed), box_depth([ROOM], pose, CAMERA.K, 128, 128), CAMERA.K, pose, observed=True)
+    near_only.write(latent(2), box_depth([ROOM], near, CAMERA.K, 128, 128), CAMERA.K, near, observed=True)
+    reachable = near_only.read(view, CAMERA.K, (16, 16)).coverage
+
+    def near_share() -> float:
+        read = memory.read(view, CAMERA.K, (16, 16))
+        wall = read.coverage & ((read.depth - 3.5).abs() < 0.01) & reachable
+        assert wall.sum() >= 40
+        return float((read.source_depth[wall] - 3.0).abs().lt(0.01).float().mean())
+
+    assert near_share() > 0.95
+    monkeypatch.setattr(latent_module, "SCALE_HANDICAP", 0.0)
+    assert near_share() < 0.92

@@ -72,8 +72,8 @@ CORRECTION_SPREAD = 0.5
 #: Weight of "no correction" in that spread: the correction fades to half where the Gaussian coverage
 #: by remembered pixels is this (demo tour, 1 cell: seam ratio 1.10 at 0.005, 1.24 at 0.3).
 CORRECTION_FADE = 0.05
-#: Bits of the ordering key holding the candidate's distance to the pixel centre (1/64 pixel units).
-_CENTRE_BITS = 8
+#: Bits of the ordering key holding the candidate's handicapped distance to the pixel centre (1/64 pixel units).
+_CENTRE_BITS = 16
 
 
 @dataclass
@@ -352,8 +352,8 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
 
 
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
-            splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None,
+            handicap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest point per pixel of an ``hw`` image.
 
     Returns ``winner [h*w]`` (index of the point shown at each pixel, -1 if none), ``depth [h*w]``
@@ -366,9 +366,10 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
 
     ``normals_world [N,3]`` (optional) makes each point a small plane: candidates are compared by
     their plane's depth on the pixel's centre ray, and among those within ``SURFACE_TOLERANCE`` of
-    each other (one surface) the one projecting nearest the pixel centre wins. Plain nearest-point
+    the nearest (one surface) the one projecting nearest the pixel centre wins. Plain nearest-point
     ordering would pick, on a slanted surface such as the floor, whichever sample lies nearer the
-    camera, showing content (and depth) from the wrong side of the pixel.
+    camera, showing content (and depth) from the wrong side of the pixel. ``handicap [N]`` (optional,
+    with normals; pixels) is added to each point's distance from the centre in that contest.
     """
     h, w = hw
     count = points_world.shape[0]
@@ -423,7 +424,10 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
             offset = (n * surface_points[members]).sum(1, keepdim=True)
             plane = torch.where(facing < -1e-3, offset / facing.clamp(max=-1e-3), depth)
             depth = torch.minimum(torch.maximum(plane, depth / 1.5), depth * 1.5)
-            centre_distance.append(torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)[valid])
+            distance = torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)
+            if handicap is not None:
+                distance = distance + handicap[index[members], None].to(distance.dtype)
+            centre_distance.append(distance[valid])
         order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
     if not pixels:
         return winner, depth_out, hit
@@ -432,9 +436,16 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         quantised = torch.round(torch.cat(order_depth).double() / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
         key = (quantised << _INDEX_BITS) | candidate
     else:
-        bucket = torch.floor(torch.log(torch.cat(order_depth).double() / NEAR_PLANE) / np.log1p(SURFACE_TOLERANCE))
-        centre = torch.round(torch.cat(centre_distance) * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
-        key = (bucket.long() << (_CENTRE_BITS + _INDEX_BITS)) | (centre << _INDEX_BITS) | candidate
+        # Two passes: the nearest plane depth at each pixel, then, among the candidates within
+        # SURFACE_TOLERANCE of it (one surface), the one projecting nearest the centre. A fixed depth
+        # bucketing would split one surface at bucket borders and let the nearer sample win there.
+        ordering = torch.cat(order_depth).double()
+        nearest = torch.full((h * w,), float("inf"), dtype=torch.float64, device=device)
+        nearest.scatter_reduce_(0, pixel, ordering, "amin")
+        same_surface = ordering <= nearest[pixel] * (1.0 + SURFACE_TOLERANCE)
+        pixel, candidate = pixel[same_surface], candidate[same_surface]
+        centre = torch.round(torch.cat(centre_distance)[same_surface] * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
+        key = (centre << _INDEX_BITS) | candidate
     best = torch.full((h * w,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
     best.scatter_reduce_(0, pixel, key, "amin")
     covered = best != torch.iinfo(torch.long).max
