@@ -1,7 +1,7 @@
 """Offline rollout speed: sim seconds written to an MCAP bag per wall-clock second, side by side for
 float32 and bfloat16 network arithmetic (shipped model, ``config/sim.yaml``, the demo tour).
 
-    .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1]
+    .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda]
 
 The node runs at ``rate`` steps per sim second; the issue asks the offline CLI for at least 3x that.
 Each run writes a complete bag (images, depth, infos, points, scan, odometry, TF, clock, commands)
@@ -27,12 +27,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="sim seconds per rollout")
     parser.add_argument("--repeats", type=int, default=1, help="rollouts per precision (the best is reported)")
+    parser.add_argument("--device", default="cpu", help="the node's device parameter (cpu, cuda, cuda:1...)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     factors = {}
     for precision in ("float32", "bfloat16"):
-        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"precision": precision})
+        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"precision": precision, "device": args.device})
         steps = int(round(args.duration * params["rate"]))
         best = float("inf")
         for _ in range(args.repeats):

@@ -185,6 +185,35 @@ def test_bfloat16_precision_matches_float32():
         WorldModel.from_pretrained(precision="float8")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_where_the_memory_decides():
+    """On CUDA the shipped model runs the whole step (memory on the device, frames back on the host);
+    where the memory holds the view the frame is the CPU's up to rounding, and new content is sane
+    (its noise comes from the device's own random stream, so it differs from the CPU's)."""
+    from mirage_ros.training.metrics import psnr
+    from mirage_ros.worlds import generate_trajectory, generate_world
+    from mirage_ros.worlds.renderer import GroundTruthRenderer
+
+    world = generate_world(10)
+    trajectory = generate_trajectory(world, "explore", 8, 10)
+    camera = PinholeCamera.from_hfov(128, 128, math.pi / 2)
+    with GroundTruthRenderer(world, 128, 128) as renderer:
+        rgb, depth = renderer.render(trajectory.cam_to_world[0], camera.K)
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = WorldModel.from_pretrained(seed=0, precision="float32", floor_height=0.0, device=device)
+        model.reset(rgb, depth, camera.K, trajectory.cam_to_world[0])
+        results[device] = [model.step(pose) for pose in trajectory.cam_to_world[1:]]
+        assert model.memory.device.type == device and model.memory.stats().entries > 0
+    for cuda in results["cuda"]:
+        assert cuda.rgb.dtype == np.uint8 and cuda.depth.dtype == np.float32
+        assert np.all(np.isfinite(cuda.depth)) and np.all(cuda.depth > 0)
+    first_cpu, first_cuda = results["cpu"][0], results["cuda"][0]
+    assert first_cuda.coverage == first_cpu.coverage == 1.0
+    assert psnr(first_cuda.rgb, first_cpu.rgb) >= 35.0
+    assert np.median(np.abs(first_cuda.depth - first_cpu.depth) / first_cpu.depth) < 0.01
+
+
 @pytest.mark.parametrize("color", [(220, 40, 30), (30, 60, 200), (128, 128, 128)])
 def test_shipped_autoencoder_keeps_flat_colours_and_depths(color):
     """A flat wall of one colour at one distance comes back with that colour and distance (the

@@ -374,11 +374,11 @@ class WorldModel:
         if K is not None:
             self.K = validate_intrinsics(K)
         timings = StepTimings()
-        started = time.perf_counter()
+        started = self._clock()
         views = [self._read(pose, surface_depth=self.sampling.keep_remembered) for pose in poses]
-        timings.read = time.perf_counter() - started
+        timings.read = self._clock() - started
 
-        started = time.perf_counter()
+        started = self._clock()
         motion = torch.stack([motion_features(track.pose, pose).to(self.device)
                               for track, pose in zip(self._cameras, poses)])
         condition = DenoiserCondition.build(torch.stack([view.latent for view in views]),
@@ -388,9 +388,9 @@ class WorldModel:
                                             self.autoencoder)
         with self._autocast():
             output = sample_latent(self.denoiser, self.scheduler, condition, self.sampling, self._generator)
-        timings.denoise = time.perf_counter() - started
+        timings.denoise = self._clock() - started
 
-        started = time.perf_counter()
+        started = self._clock()
         with self._autocast():
             raw = self.autoencoder.decode_raw(output.latent)
         rgbs, depths = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
@@ -402,12 +402,12 @@ class WorldModel:
             if self.floor_height is not None:
                 depth = clamp_to_floor(depth, self._rays(self.K, *self.image_size), pose, self.floor_height)
             frames.append(Frame(rgb, depth, latent, self.K, pose))
-        timings.decode = time.perf_counter() - started
+        timings.decode = self._clock() - started
 
-        started = time.perf_counter()
+        started = self._clock()
         for frame, view in zip(frames, views):
             write_back(self.memory, frame, view)
-        timings.write = time.perf_counter() - started
+        timings.write = self._clock() - started
 
         self._cameras = [CameraTrack(frame.latent, frame.cam_to_world) for frame in frames]
         self.steps += 1
@@ -415,6 +415,14 @@ class WorldModel:
                            frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls,
                            frame.latent.float().cpu())
                 for frame, view, calls in zip(frames, views, output.denoiser_calls)]
+
+    def _clock(self) -> float:
+        """Wall-clock seconds once the device has finished the work queued so far: CUDA runs kernels
+        asynchronously, so without the wait a phase's time would be billed to whichever phase next
+        copies to the host."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _read(self, cam_to_world: np.ndarray, surface_depth: bool) -> MemoryView:
         """The memory's view at ``cam_to_world``, its token mosaic redrawn by the refiner where there is
