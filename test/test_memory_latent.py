@@ -1,6 +1,7 @@
 """LatentSpatialMemory against analytic scenes (exact ray-cast depth of boxes)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -487,50 +488,52 @@ def test_of_one_surface_the_token_nearest_the_pixel_centre_is_drawn_even_if_a_li
         assert zbuffer(points, pose, K, (16, 16), normals_world=normals, handicap=handicap)[0][8 * 16 + 8] == 0
 
 
-def test_on_one_surface_an_observed_token_is_drawn_over_an_imagined_one(monkeypatch):
+def test_on_one_surface_an_observed_token_is_drawn_over_an_imagined_one():
     """The far wall holds imagined tokens written from A and observed ones from a pose a third of a cell
     to the side. Read from A the imagined tokens sit nearer the cells' centres, yet the observed ones are
     drawn (all but the cells at the view's edge that no observed token reaches): where the truth is
     known, imagination does not cover it."""
-    import mirage_ros.memory.latent as latent_module
-
-    memory = LatentSpatialMemory(EXACT)
-    memory.write(latent(1), depth_at(A), CAMERA.K, A)
     beside = look_at((-2.0, 7.0 / 8.0 / 3.0, 1.0), (5.0, 7.0 / 8.0 / 3.0, 1.0))  # a third of a cell at 7 m
-    memory.write(latent(2), depth_at(beside), CAMERA.K, beside, observed=True)
 
-    def observed_share() -> float:
+    def observed_share(config: LatentMemoryConfig) -> float:
+        memory = LatentSpatialMemory(config)
+        memory.write(latent(1), depth_at(A), CAMERA.K, A)
+        memory.write(latent(2), depth_at(beside), CAMERA.K, beside, observed=True)
         read = memory.read(A, CAMERA.K, (16, 16))
         wall = read.coverage & ((read.depth - 7.0).abs() < 0.01)
         assert wall.sum() >= 20
         return float(read.observed[wall].mean())
 
-    assert observed_share() > 0.85
-    monkeypatch.setattr(latent_module, "IMAGINED_HANDICAP", 0.0)
-    assert observed_share() < 0.1  # by distance to the centre alone, the imagined tokens win
+    assert observed_share(EXACT) > 0.85
+    assert observed_share(replace(EXACT, imagined_handicap=0.0)) < 0.1  # by distance to the centre alone
 
 
-def test_of_tokens_on_one_surface_the_one_seen_at_about_its_own_scale_is_drawn(monkeypatch):
+def test_of_tokens_on_one_surface_the_one_seen_at_about_its_own_scale_is_drawn():
     """The back wall is observed from 8 m and from 3 m. Read from 3.5 m, wherever a token written from 3 m
     (seen at 0.86x its size) projects, it is drawn rather than one from 8 m (seen 2.3x larger, which the
     refiner would have to redraw)."""
-    import mirage_ros.memory.latent as latent_module
-
     far, near = look_at((-3.0, 0.0, 1.0), (5.0, 0.0, 1.0)), look_at((2.0, 0.0, 1.0), (5.0, 0.0, 1.0))
     view = look_at((1.5, 0.0, 1.0), (5.0, 0.0, 1.0))
     config = LatentMemoryConfig(feature_dtype="float32")
-    memory, near_only = LatentSpatialMemory(config), LatentSpatialMemory(config)
-    for pose, seed in ((far, 1), (near, 2)):
-        memory.write(latent(seed), box_depth([ROOM], pose, CAMERA.K, 128, 128), CAMERA.K, pose, observed=True)
+    near_only = LatentSpatialMemory(config)
     near_only.write(latent(2), box_depth([ROOM], near, CAMERA.K, 128, 128), CAMERA.K, near, observed=True)
     reachable = near_only.read(view, CAMERA.K, (16, 16)).coverage
 
-    def near_share() -> float:
+    def near_share(config: LatentMemoryConfig) -> float:
+        memory = LatentSpatialMemory(config)
+        for pose, seed in ((far, 1), (near, 2)):
+            memory.write(latent(seed), box_depth([ROOM], pose, CAMERA.K, 128, 128), CAMERA.K, pose, observed=True)
         read = memory.read(view, CAMERA.K, (16, 16))
         wall = read.coverage & ((read.depth - 3.5).abs() < 0.01) & reachable
         assert wall.sum() >= 40
         return float((read.source_depth[wall] - 3.0).abs().lt(0.01).float().mean())
 
-    assert near_share() > 0.95
-    monkeypatch.setattr(latent_module, "SCALE_HANDICAP", 0.0)
-    assert near_share() < 0.92
+    assert near_share(config) > 0.95
+    assert near_share(replace(config, scale_handicap=0.0)) < 0.92
+
+
+@pytest.mark.parametrize("field", ["scale_handicap", "imagined_handicap"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_the_read_handicaps_must_be_finite_and_not_negative(field, value):
+    with pytest.raises(ValueError, match="invalid memory config"):
+        LatentMemoryConfig(**{field: value})

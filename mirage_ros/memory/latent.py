@@ -14,10 +14,10 @@ rather than imagined (the model's own frames), so a read can tell observed conte
 
 Read (query): stored points are projected into the target camera on the latent grid and the nearest
 surface per latent pixel wins in a deterministic z-buffer (see ``projection.py``); of the tokens on that
-surface, the best placed for the view is drawn (``SCALE_HANDICAP``, ``IMAGINED_HANDICAP``). A token seen from
-closer than it was written covers more than one latent pixel: it is splatted over its footprint so
-approaching a surface leaves no pinholes. An imagined token seen much larger than it was written is not
-drawn (``MAX_IMAGINED_MAGNIFICATION``).
+surface, the best placed for the view is drawn (``LatentMemoryConfig.scale_handicap`` and
+``imagined_handicap``). A token seen from closer than it was written covers more than one latent pixel:
+it is splatted over its footprint so approaching a surface leaves no pinholes. An imagined token seen
+much larger than it was written is not drawn (``MAX_IMAGINED_MAGNIFICATION``).
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ _OFFSET = 1 << (_BITS - 1)
 #: error| 0.44 / 0.42 / 0.39. At 1.5x: seams 1.10, 67 frames, but realism accuracy 0.767 / 0.798 against
 #: 0.720 / 0.777 at 1.8x (whole drive / last third; 0.5: indistinguishable from true frames).
 MAX_IMAGINED_MAGNIFICATION = 1.8
-#: Which of the tokens showing one surface at a latent pixel is drawn: the one projecting nearest the
-#: pixel's centre (``zbuffer``), each token's distance handicapped by ``SCALE_HANDICAP`` latent pixels per
-#: octave between the size it was written at and the size it is seen at, and by ``IMAGINED_HANDICAP``
+#: Which of the tokens showing one surface at a latent pixel is drawn (defaults of ``LatentMemoryConfig``):
+#: the one projecting nearest the pixel's centre (``zbuffer``), each token's distance handicapped by
+#: ``SCALE_HANDICAP`` latent pixels per octave between the size it was written at and the size it is
+#: seen at, and by ``IMAGINED_HANDICAP``
 #: if it is imagined (more than any distance within a cell: where an observation and the model's own
 #: frame show the same surface, the observation is drawn). A token seen at about its own scale needs
 #: the least redrawing. Replay (memory of a ground-truth mapping run read along another route, 5 held-out
@@ -84,7 +85,9 @@ class LatentMemoryConfig:
     pixels (0 disables splatting). ``feature_dtype``: ``"float16"`` or ``"float32"`` storage.
     ``max_imagined_magnification``: an imagined token (``OBSERVED_SHARE``) seen more than
     this many times larger than when it was written is not drawn (``read``); see
-    ``MAX_IMAGINED_MAGNIFICATION``.
+    ``MAX_IMAGINED_MAGNIFICATION``. ``scale_handicap``, ``imagined_handicap``: latent pixels added to a
+    token's distance from the pixel centre, per octave of scale mismatch and for being imagined, when
+    tokens of one surface compete for a pixel; see ``SCALE_HANDICAP``.
     """
 
     patch_size: int = 8
@@ -96,12 +99,15 @@ class LatentMemoryConfig:
     max_splat_radius: int = 1
     feature_dtype: str = "float16"
     max_imagined_magnification: float = MAX_IMAGINED_MAGNIFICATION
+    scale_handicap: float = SCALE_HANDICAP
+    imagined_handicap: float = IMAGINED_HANDICAP
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.capacity < 1 or self.max_splat_radius < 0:
             raise ValueError("patch_size and capacity must be >= 1 and max_splat_radius >= 0")
         if not (0 < self.voxel_size < 10 and 0 < self.min_valid_fraction <= 1 and self.edge_gap > 0
-                and self.max_confidence >= 1 and self.max_imagined_magnification >= 1):
+                and self.max_confidence >= 1 and self.max_imagined_magnification >= 1
+                and 0 <= self.scale_handicap < 1e3 and 0 <= self.imagined_handicap < 1e3):
             raise ValueError(f"invalid memory config {self}")
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be float16 or float32, got {self.feature_dtype!r}")
@@ -413,8 +419,8 @@ class LatentSpatialMemory:
         radius = None
         if self.config.max_splat_radius and ids.numel():
             radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius)
-        handicap = (SCALE_HANDICAP * footprint.clamp_min(1e-6).log2().abs()
-                    + IMAGINED_HANDICAP * (self.observed[ids] < OBSERVED_SHARE).float())
+        handicap = (self.config.scale_handicap * footprint.clamp_min(1e-6).log2().abs()
+                    + self.config.imagined_handicap * (self.observed[ids] < OBSERVED_SHARE).float())
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap)
         covered = shown >= 0
         winner = ids[shown[covered]]
