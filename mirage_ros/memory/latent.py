@@ -55,18 +55,16 @@ _OFFSET = 1 << (_BITS - 1)
 #: error| 0.44 / 0.42 / 0.39. At 1.5x: seams 1.10, 67 frames, but realism accuracy 0.767 / 0.798 against
 #: 0.720 / 0.777 at 1.8x (whole drive / last third; 0.5: indistinguishable from true frames).
 MAX_IMAGINED_MAGNIFICATION = 1.8
-#: Which of the tokens showing one surface at a latent pixel is drawn (defaults of ``LatentMemoryConfig``):
-#: the one projecting nearest the pixel's centre (``zbuffer``), each token's distance handicapped by
-#: ``SCALE_HANDICAP`` latent pixels per octave between the size it was written at and the size it is
-#: seen at, and by ``IMAGINED_HANDICAP``
-#: if it is imagined (more than any distance within a cell: where an observation and the model's own
-#: frame show the same surface, the observation is drawn). A token seen at about its own scale needs
-#: the least redrawing. Replay (memory of a ground-truth mapping run read along another route, 5 held-out
-#: worlds, 63 frames, v8's networks): PSNR 23.82 dB with neither, 23.95 / 23.97 / 23.95 with a scale
-#: handicap of 0.5 / 1 / 2; with both, 24.00 / 24.11 / 24.11 (scale 1, imagined 1 / 4 / 16) and 24.07
-#: (0.5, 4). Scale 1 costs elsewhere: RGB seam ratio of the evaluation's out-and-back frames 1.2003
-#: against 1.1989 at 0.5 (target <= 1.2), camera inside a surface in 13.4 % of long-drive frames
-#: against 11.3 % (the read refiner of this release in both).
+#: Which of the tokens showing one surface at a latent pixel is drawn (defaults of ``LatentMemoryConfig``): the one
+#: projecting nearest the pixel's centre (``zbuffer``), each token's distance handicapped by ``SCALE_HANDICAP``
+#: latent pixels per octave between the size it was written at and the size it is seen at, and by
+#: ``IMAGINED_HANDICAP`` if it is imagined (more than any distance within a cell: where an observation and the
+#: model's own frame show the same surface, the observation is drawn). A token seen at about its own scale needs
+#: the least redrawing. Replay (memory of a ground-truth mapping run read along another route, 5 held-out worlds,
+#: 63 frames, v8's networks): PSNR 23.82 dB with neither, 23.95 / 23.97 / 23.95 with a scale handicap of 0.5 / 1 /
+#: 2; with both, 24.00 / 24.11 / 24.11 (scale 1, imagined 1 / 4 / 16) and 24.07 (0.5, 4). Scale 1 costs elsewhere:
+#: RGB seam ratio of the evaluation's out-and-back frames 1.2003 against 1.1989 at 0.5 (target <= 1.2), camera
+#: inside a surface in 13.4 % of long-drive frames against 11.3 % (the read refiner of this release in both).
 SCALE_HANDICAP = 0.5
 IMAGINED_HANDICAP = 4.0
 FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen", "observed")
@@ -413,14 +411,15 @@ class LatentSpatialMemory:
         # rounding), so this is also how many times larger than then it is seen.
         camera_z = (self.positions[ids] - eye) @ pose[:3, 2].float()
         footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
-        drawn = (self.observed[ids] >= OBSERVED_SHARE) | (footprint <= self.config.max_imagined_magnification)
-        ids, footprint = ids[drawn], footprint[drawn]
+        imagined = self.observed[ids] < OBSERVED_SHARE
+        drawn = ~imagined | (footprint <= self.config.max_imagined_magnification)
+        ids, footprint, imagined = ids[drawn], footprint[drawn], imagined[drawn]
         positions, normals = self.positions[ids], self.normals[ids]
         radius = None
         if self.config.max_splat_radius and ids.numel():
             radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius)
         handicap = (self.config.scale_handicap * footprint.clamp_min(1e-6).log2().abs()
-                    + self.config.imagined_handicap * (self.observed[ids] < OBSERVED_SHARE).float())
+                    + self.config.imagined_handicap * imagined.float())
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap)
         covered = shown >= 0
         winner = ids[shown[covered]]
