@@ -100,6 +100,8 @@ def train_loop(args: argparse.Namespace, model: ModelMixin, loader: torch.utils.
     # The data loader is not handed to accelerate: examples are random draws and each process seeds its
     # own (seed + process index, above), so processes see different batches; they are moved here.
     model, optimizer = accelerator.prepare(model, optimizer)
+    if ema is not None:
+        ema.model.to(accelerator.device)  # the average follows the weights onto the accelerator
     if accelerator.is_main_process:
         args.output.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
