@@ -488,6 +488,33 @@ def test_of_one_surface_the_token_nearest_the_pixel_centre_is_drawn_even_if_a_li
         assert zbuffer(points, pose, K, (16, 16), normals_world=normals, handicap=handicap)[0][8 * 16 + 8] == 0
 
 
+def test_a_splat_past_a_token_footprint_only_fills_gaps():
+    """A pillar's edge token 1 m away projects 0.3 pixel right of pixel 8's centre, seen 1.2 pixels wide;
+    the wall 3 m behind has a token centred on pixel 9. The pillar's square reaches 0.6 pixel from where
+    it projects, not pixel 9's centre (0.7 away), so the wall is shown there, at its depth: competing
+    there as before, the nearer pillar hid the wall. Pixel 7, which nothing else covers, is still filled
+    by the pillar's splat (a gap left open there is drawn anew every step). At 2 pixels wide the pillar
+    covers pixel 9 and wins it."""
+    from mirage_ros.memory.projection import zbuffer
+
+    K = torch.tensor([[8.0, 0, 7.5], [0, 8.0, 7.5], [0, 0, 1]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+
+    def on_ray(u: float, depth: float) -> list[float]:
+        return [(u - 7.5) / 8.0 * depth, (8 - 7.5) / 8.0 * depth, depth]
+
+    points = torch.tensor([on_ray(8.3, 1.0), on_ray(9.0, 3.0)], dtype=torch.float64)
+    normals = torch.tensor([[0.0, 0.0, -1.0]] * 2, dtype=torch.float64)
+    radius = torch.tensor([1, 0])
+    row = 8 * 16
+    for footprint, pixel_9, depth_9 in ((1.2, 1, 3.0), (2.0, 0, 1.0)):
+        winner, depth, _ = zbuffer(points, pose, K, (16, 16), radius, normals, footprint=torch.tensor([footprint, 1.0]))
+        assert winner[row + 8] == 0 and winner[row + 7] == 0  # its own pixel; the gap beside it
+        assert winner[row + 9] == pixel_9 and depth[row + 9] == pytest.approx(depth_9)
+    winner, _, _ = zbuffer(points, pose, K, (16, 16), radius, normals)  # no footprint: the splat competes everywhere
+    assert winner[row + 9] == 0
+
+
 def test_on_one_surface_an_observed_token_is_drawn_over_an_imagined_one():
     """The far wall holds imagined tokens written from A and observed ones from a pose a third of a cell
     to the side. Read from A the imagined tokens sit nearer the cells' centres, yet the observed ones are

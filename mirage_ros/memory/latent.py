@@ -80,7 +80,8 @@ class LatentMemoryConfig:
     ``edge_gap``: relative depth jump between a patch's sorted depths that counts as a discontinuity.
     ``max_confidence``: cap of the fused observation weight (recency: a new observation always has
     at least ``1 / (max_confidence + 1)`` influence). ``max_splat_radius``: footprint splat cap in latent
-    pixels (0 disables splatting). ``feature_dtype``: ``"float16"`` or ``"float32"`` storage.
+    pixels (0 disables splatting); a splat past a token's footprint only fills cells no token's footprint
+    covers (``zbuffer``). ``feature_dtype``: ``"float16"`` or ``"float32"`` storage.
     ``max_imagined_magnification``: an imagined token (``OBSERVED_SHARE``) seen more than
     this many times larger than when it was written is not drawn (``read``); see
     ``MAX_IMAGINED_MAGNIFICATION``. ``scale_handicap``, ``imagined_handicap``: latent pixels added to a
@@ -420,7 +421,7 @@ class LatentSpatialMemory:
             radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius)
         handicap = (self.config.scale_handicap * footprint.clamp_min(1e-6).log2().abs()
                     + self.config.imagined_handicap * imagined.float())
-        shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap)
+        shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap, footprint)
         covered = shown >= 0
         winner = ids[shown[covered]]
         latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)

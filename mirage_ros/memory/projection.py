@@ -353,12 +353,19 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
 
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
             splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None,
-            handicap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            handicap: torch.Tensor | None = None,
+            footprint: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest point per pixel of an ``hw`` image.
 
     Returns ``winner [h*w]`` (index of the point shown at each pixel, -1 if none), ``depth [h*w]``
     (its z-depth, NaN if none) and ``hit [N]`` (whether each point won at least one pixel).
     ``splat_radius [N]`` (ints, optional) widens each point to a square footprint of that radius.
+    ``footprint [N]`` (optional, pixels) is the side of each point's true square footprint: a splat
+    reaching a pixel whose centre that square does not cover (its own pixel is always covered) only
+    fills a gap, so it competes there only where no point covers the pixel. Competing everywhere, a
+    nearer point's splat hid the surface that was really there (a pillar's edge over the wall behind
+    it) and showed a neighbouring place's content; dropped altogether, gaps opened on every surface
+    seen closer than it was written, which long drives filled with near facets.
 
     Each candidate gets one int64 key, ``quantised depth << 24 | point index``; a per-pixel
     ``scatter_reduce(amin)`` of the keys is exact and order-independent, so the nearest candidate wins
@@ -395,11 +402,13 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     inside = (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
     keep = torch.nonzero(inside).squeeze(1)
     index, ui, vi, z, radius = ahead[keep], ui[keep], vi[keep], z[keep], radius[keep]
+    u_exact, v_exact = u[keep], v[keep]
+    half_side = None if footprint is None else (footprint[index].to(points_world.dtype) / 2).clamp_min(0.5)
     if normals_world is not None:
         surface_normals = normals_world[ahead][keep].to(points_world.dtype) @ rotation
-        surface_points, u_exact, v_exact = camera[keep], u[keep], v[keep]
+        surface_points = camera[keep]
         K_inverse = torch.linalg.inv(K.double()).to(points_world.dtype)
-    pixels, candidates, order_depth, true_depth, centre_distance = [], [], [], [], []
+    pixels, candidates, order_depth, centre_distance, gap_fill = [], [], [], [], []
     # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
     for ring_radius in range(max_radius + 1):
         members = torch.nonzero(radius == ring_radius).squeeze(1)
@@ -413,8 +422,11 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         valid = (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
         pixels.append((cv * w + cu)[valid])
         candidates.append(index[members, None].expand_as(cu)[valid])
+        if half_side is not None:
+            reach = half_side[members, None]
+            gap_fill.append(((u_exact[members, None] - cu).abs() > reach)[valid]
+                            | ((v_exact[members, None] - cv).abs() > reach)[valid])
         depth = z[members, None]
-        true_depth.append(depth.expand_as(cu)[valid])
         if normals_world is not None:
             # Depth of the point's plane on each candidate pixel's centre ray (z = 1 ray).
             ray_x = K_inverse[0, 0] * cu + K_inverse[0, 1] * cv + K_inverse[0, 2]
@@ -431,20 +443,29 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
     if not pixels:
         return winner, depth_out, hit
-    pixel, candidate = torch.cat(pixels), torch.cat(candidates)
+    pixel, candidate, ordering = torch.cat(pixels), torch.cat(candidates), torch.cat(order_depth).double()
+    if normals_world is not None:
+        centre_distance = torch.cat(centre_distance)
+    if half_side is not None:
+        gap = torch.cat(gap_fill)
+        covered_by_footprint = torch.zeros(h * w, dtype=torch.bool, device=device)
+        covered_by_footprint[pixel[~gap]] = True
+        usable = ~gap | ~covered_by_footprint[pixel]
+        pixel, candidate, ordering = pixel[usable], candidate[usable], ordering[usable]
+        if normals_world is not None:
+            centre_distance = centre_distance[usable]
     if normals_world is None:
-        quantised = torch.round(torch.cat(order_depth).double() / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
+        quantised = torch.round(ordering / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
         key = (quantised << _INDEX_BITS) | candidate
     else:
         # Two passes: the nearest plane depth at each pixel, then, among the candidates within
         # SURFACE_TOLERANCE of it (one surface), the one projecting nearest the centre. A fixed depth
         # bucketing would split one surface at bucket borders and let the nearer sample win there.
-        ordering = torch.cat(order_depth).double()
         nearest = torch.full((h * w,), float("inf"), dtype=torch.float64, device=device)
         nearest.scatter_reduce_(0, pixel, ordering, "amin")
         same_surface = ordering <= nearest[pixel] * (1.0 + SURFACE_TOLERANCE)
         pixel, candidate = pixel[same_surface], candidate[same_surface]
-        centre = torch.round(torch.cat(centre_distance)[same_surface] * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
+        centre = torch.round(centre_distance[same_surface] * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
         key = (centre << _INDEX_BITS) | candidate
     best = torch.full((h * w,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
     best.scatter_reduce_(0, pixel, key, "amin")
