@@ -564,3 +564,22 @@ def test_of_tokens_on_one_surface_the_one_seen_at_about_its_own_scale_is_drawn()
 def test_the_read_handicaps_must_be_finite_and_not_negative(field, value):
     with pytest.raises(ValueError, match="invalid memory config"):
         LatentMemoryConfig(**{field: value})
+
+
+def test_a_supersampled_read_shows_the_tokens_that_land_between_cell_centres():
+    """Two frames of the same room, the second from 0.3 m aside, read at the first's pose: the plain read
+    shows the first frame's tokens, which land on its cell centres; the 2x finer read also shows the
+    second frame's, which land between them, and leaves no hole where the plain read has none."""
+    memory = LatentSpatialMemory(LatentMemoryConfig(feature_dtype="float32"))
+    aside = A.copy()
+    aside[:3, 3] += aside[:3, 0] * 0.3  # along the camera's x axis
+    for pose, sign in ((A, 1.0), (aside, -1.0)):
+        memory.write(torch.full((8, 16, 16), sign), depth_at(pose), CAMERA.K, pose)
+    plain = memory.read(A, CAMERA.K, (16, 16))
+    fine = memory.read(A, CAMERA.K, (16, 16), supersample=2)
+    assert fine.latent.shape == (8, 32, 32) and fine.offsets.abs().max() <= 1.5
+    assert plain.coverage.all() and fine.coverage.all()
+    second_plain = (plain.latent[0] < 0).float().mean()
+    second_fine = (fine.latent[0] < 0).float().mean()
+    assert second_plain < 0.1 and second_fine > 0.2, (float(second_plain), float(second_fine))
+    assert torch.equal(memory.read(A, CAMERA.K, (16, 16)).latent, plain.latent)  # the finer read changes nothing

@@ -306,6 +306,27 @@ def test_read_refiner_redraws_remembered_cells_only_and_travels_with_the_checkpo
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert not np.array_equal(outputs[0], outputs[2])
 
+    # A refiner widened to also take a 2x finer read starts as the plain one, in the world model too;
+    # once its weights for the finer read are trained (here: random), what it shows changes.
+    widened = MemoryReadRefiner.supersampling(refiner, 2).eval()
+    with pytest.raises(ValueError, match="finer read"):
+        widened(read, coverage, depth, alignment)
+    fine = (torch.randn(1, 4, 16, 16), torch.ones(1, 16, 16), torch.rand(1, 16, 16), torch.randn(1, 3, 16, 16))
+    torch.testing.assert_close(widened(read, coverage, depth, alignment, fine), refiner(read, coverage, depth, alignment))
+    with pytest.raises(ValueError, match="need 2x"):
+        widened(read, coverage, depth, alignment, tuple(tensor[..., :8, :8] for tensor in fine))
+    shown = []
+    for trained_fine in (False, True):
+        if trained_fine:
+            torch.nn.init.normal_(widened.stem.weight[:, refiner.stem.in_channels:], std=0.1)
+        for model_refiner in (refiner.eval(), widened):
+            model = tiny_model()
+            model.refiner = model_refiner
+            model.reset(*observation(), CAMERA.K, START)
+            shown.append(model.step(poses(1)[0]).rgb)
+    assert np.abs(shown[0].astype(int) - shown[1]).max() <= 1  # the same up to rounding (more stem channels)
+    assert np.abs(shown[2].astype(int) - shown[3]).max() > 8
+
     refined_model.refiner = refiner.eval()
     refined_model.save_pretrained(tmp_path / "ckpt")
     loaded = WorldModel.from_pretrained(tmp_path / "ckpt")

@@ -5,7 +5,8 @@ from mirage_ros.memory.explicit import ExplicitPointCloudMemory, PointCloudRende
 from mirage_ros.memory.latent import LatentMemoryConfig, LatentSpatialMemory
 from mirage_ros.memory.none import NoMemory
 from mirage_ros.memory.projection import MemoryRead
-from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView, SpatialMemory, write_back
+from mirage_ros.memory.protocol import Frame, MemoryStats, MemoryView, SpatialMemory, SupersampledRead, write_back
 
 __all__ = ["ExplicitPointCloudMemory", "Frame", "LatentMemoryConfig", "LatentSpatialMemory", "MemoryRead",
-           "MemoryStats", "MemoryView", "NoMemory", "PointCloudRender", "SpatialMemory", "write_back"]
+           "MemoryStats", "MemoryView", "NoMemory", "PointCloudRender", "SpatialMemory", "SupersampledRead",
+           "write_back"]

@@ -103,7 +103,7 @@ class ExplicitPointCloudMemory:
         return self.write(frame.rgb, frame.depth, frame.K, frame.cam_to_world, valid=valid)
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True) -> MemoryView:
+                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
         """Render, then re-encode the render (the cost the latent memory removes); a token is
         remembered where its whole patch is covered, at the nearest depth of the patch."""
         if self.encoder is None:

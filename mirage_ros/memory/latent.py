@@ -37,7 +37,7 @@ from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
                                           intrinsics_tensor, pixel_rays, pose_tensor, project, to_pixel_grid, to_world,
                                           zbuffer)
-from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView
+from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
 FORMAT_VERSION = 3
 #: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
@@ -139,6 +139,13 @@ def surface_normals(points: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     normal = torch.cross(tangent(1), tangent(0), dim=-1)
     normal = torch.where((normal * points).sum(-1, keepdim=True) > 0, -normal, normal)  # face the camera
     return _unit(normal)
+
+
+def read_alignment(read: MemoryRead) -> torch.Tensor:
+    """``MemoryView.alignment`` of a read: each shown token's sub-cell offset and log2 of the depth it was seen
+    at over its depth here (0 where uncovered)."""
+    log_scale = torch.where(read.coverage, torch.log2(read.source_depth / read.depth), torch.zeros_like(read.depth))
+    return torch.cat([read.offsets.permute(2, 0, 1), log_scale[None]])
 
 
 def voxel_keys(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
@@ -378,15 +385,15 @@ class LatentSpatialMemory:
         self._set_state({name: getattr(self, name)[keep] for name in FIELDS})
 
     # ------------------------------------------------------------------ read
-    def _visible(self, eye: torch.Tensor, rotation: torch.Tensor, K_latent: torch.Tensor, h: int, w: int
-                 ) -> torch.Tensor:
+    def _visible(self, eye: torch.Tensor, rotation: torch.Tensor, K_latent: torch.Tensor, h: int, w: int,
+                 supersample: int = 1) -> torch.Tensor:
         """Indices (ascending) of the tokens that can be drawn: in front of the camera, projecting
         within the grid plus the largest splat (and a pixel of rounding margin), and facing the camera
         (a surface is seen from its front side only, so the far side of a wall never shows through it).
         A conservative cull: the z-buffer applies the exact tests, so results are those of all tokens."""
         camera = (self.positions - eye) @ rotation
         z = camera[:, 2]
-        margin = self.config.max_splat_radius + 1
+        margin = self.config.max_splat_radius * supersample + 1
         u, v = project(camera, K_latent, z.clamp_min(NEAR_PLANE))
         candidate = ((z > NEAR_PLANE) & (u > -margin - 0.5) & (u < w + margin - 0.5)
                      & (v > -margin - 0.5) & (v < h + margin - 0.5))
@@ -395,32 +402,38 @@ class LatentSpatialMemory:
         return ids[front]
 
     @torch.inference_mode()
-    def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int]) -> MemoryRead:
-        """The memory seen from ``cam_to_world`` with image-resolution ``K`` on an ``latent_hw`` grid."""
+    def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int],
+             supersample: int = 1) -> MemoryRead:
+        """The memory seen from ``cam_to_world`` with image-resolution ``K`` on an ``latent_hw`` grid, or on one
+        ``supersample`` times finer (``SupersampledRead``). Which tokens are drawn, and how each is handicapped,
+        depends on its size in cells of ``latent_hw`` either way; only a plain read counts as the tokens' use."""
+        s = int(supersample)
         h, w = int(latent_hw[0]), int(latent_hw[1])
-        if h <= 0 or w <= 0:
-            raise ValueError(f"latent_hw must be positive, got {latent_hw}")
+        if h <= 0 or w <= 0 or s < 1:
+            raise ValueError(f"latent_hw and supersample must be positive, got {latent_hw}, {supersample}")
         p = self.config.patch_size
         K_image = intrinsics_tensor(K, self.device)
-        K_latent = torch.as_tensor(scale_intrinsics(K_image.cpu().numpy(), (h * p, w * p), (h, w)),
+        K_latent = torch.as_tensor(scale_intrinsics(K_image.cpu().numpy(), (h * p, w * p), (h * s, w * s)),
                                    dtype=torch.float64, device=self.device)
+        h, w = h * s, w * s
         pose = pose_tensor(cam_to_world, self.device)
         channels = self.channels or 0
         eye, rotation = pose[:3, 3].float(), pose[:3, :3].float()
-        ids = self._visible(eye, rotation, K_latent.float(), h, w)
-        # Footprint in latent pixels: a token read from where it was written has footprint 1 (up to
-        # rounding), so this is also how many times larger than then it is seen.
+        ids = self._visible(eye, rotation, K_latent.float(), h, w, s)
+        # Footprint in cells of this grid: a token read from where it was written has footprint s (up to
+        # rounding), so footprint / s is also how many times larger than then it is seen.
         camera_z = (self.positions[ids] - eye) @ pose[:3, 2].float()
         footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
+        magnification = footprint / s
         imagined = self.observed[ids] < OBSERVED_SHARE
-        drawn = ~imagined | (footprint <= self.config.max_imagined_magnification)
-        ids, footprint, imagined = ids[drawn], footprint[drawn], imagined[drawn]
+        drawn = ~imagined | (magnification <= self.config.max_imagined_magnification)
+        ids, footprint, magnification, imagined = ids[drawn], footprint[drawn], magnification[drawn], imagined[drawn]
         positions, normals = self.positions[ids], self.normals[ids]
         radius = None
         if self.config.max_splat_radius and ids.numel():
-            radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius)
-        handicap = (self.config.scale_handicap * footprint.clamp_min(1e-6).log2().abs()
-                    + self.config.imagined_handicap * imagined.float())
+            radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius * s)
+        handicap = s * (self.config.scale_handicap * magnification.clamp_min(1e-6).log2().abs()
+                        + self.config.imagined_handicap * imagined.float())
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap, footprint)
         covered = shown >= 0
         winner = ids[shown[covered]]
@@ -443,9 +456,10 @@ class LatentSpatialMemory:
         offsets[covered, 1] = v - torch.div(cell, w, rounding_mode="floor")
         observed = torch.zeros(h * w, device=self.device)
         observed[covered] = self.observed[winner].float()
-        self.last_seen[ids[hit]] = self.write_count
         coverage = covered.reshape(h, w)
-        self.last_read_coverage = float(coverage.float().mean())
+        if s == 1:
+            self.last_seen[ids[hit]] = self.write_count
+            self.last_read_coverage = float(coverage.float().mean())
         return MemoryRead(latent.reshape(channels, h, w), coverage, depth.float().reshape(h, w),
                           source_depth.reshape(h, w), planes.reshape(h, w, 4), offsets.reshape(h, w, 2),
                           observed.reshape(h, w))
@@ -461,7 +475,7 @@ class LatentSpatialMemory:
         return written
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True) -> MemoryView:
+                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
         height, width = int(image_hw[0]), int(image_hw[1])
         p = self.config.patch_size
         if height % p or width % p:
@@ -473,10 +487,13 @@ class LatentSpatialMemory:
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
             surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
             surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < OBSERVED_SHARE))
-        log_scale = torch.where(read.coverage, torch.log2(read.source_depth / read.depth), torch.zeros_like(read.depth))
-        alignment = torch.cat([read.offsets.permute(2, 0, 1), log_scale[None]])
+        supersampled = None
+        if supersample > 1:
+            fine = self.read(cam_to_world, K, (height // p, width // p), supersample)
+            supersampled = SupersampledRead(supersample, fine.latent, fine.coverage,
+                                            torch.nan_to_num(fine.depth) * fine.coverage, read_alignment(fine))
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                          to_pixel_grid(read.coverage, p), surfaces, alignment, read.observed)
+                          to_pixel_grid(read.coverage, p), surfaces, read_alignment(read), read.observed, supersampled)
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():

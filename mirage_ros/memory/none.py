@@ -24,7 +24,7 @@ class NoMemory:
         return 0
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True) -> MemoryView:
+                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
         h, w = image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
         return MemoryView(torch.zeros((self.channels, h, w), device=self.device),
                           torch.zeros((h, w), dtype=torch.bool, device=self.device),

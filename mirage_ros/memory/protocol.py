@@ -56,7 +56,8 @@ class MemoryView:
     its sub-cell offset (x, y, latent pixels) and ``log2`` of the depth it was seen at over its depth
     here (0 where uncovered); what a ``MemoryReadRefiner`` needs to redraw the mosaic for this view.
     ``observed [h,w]`` (latent memory; else ``None``): the share of each remembered token's
-    observations that were real rather than imagined (0 where uncovered).
+    observations that were real rather than imagined (0 where uncovered). ``supersampled`` (latent
+    memory, when asked for; else ``None``): the same read on a finer grid, see ``SupersampledRead``.
     """
 
     latent: torch.Tensor
@@ -66,11 +67,31 @@ class MemoryView:
     surfaces: RememberedSurfaces | None = None
     alignment: torch.Tensor | None = None
     observed: torch.Tensor | None = None
+    supersampled: SupersampledRead | None = None
 
     @property
     def coverage_fraction(self) -> float:
         """Share of the latent grid the memory covers."""
         return float(self.coverage.float().mean())
+
+
+@dataclass
+class SupersampledRead:
+    """A latent memory read on a grid ``factor`` times finer than the view's latent grid.
+
+    Each finer cell shows the token that projects nearest its centre, so one cell of the view sees up to
+    ``factor ** 2`` tokens, where each lands and how far away it is. The view itself keeps one token per cell:
+    at a depth edge, or where tokens land off the cell centres, that one token cannot say what the cell holds;
+    a ``MemoryReadRefiner`` made for this factor reads these too. ``latent [C,fh,fw]`` (zeros where
+    uncovered), ``coverage [fh,fw]`` bool, ``depth [fh,fw]`` metres (0 where uncovered) and ``alignment
+    [3,fh,fw]`` as ``MemoryView.alignment``, its offsets in cells of this finer grid.
+    """
+
+    factor: int
+    latent: torch.Tensor
+    coverage: torch.Tensor
+    depth: torch.Tensor
+    alignment: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -98,10 +119,11 @@ class SpatialMemory(Protocol):
         raises ``ValueError`` and changes nothing."""
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True) -> MemoryView:
+                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
         """The memory seen from ``cam_to_world`` (intrinsics ``K`` at ``image_hw``). ``surface_depth``:
         also describe the remembered surfaces (``MemoryView.surfaces``; only needed where remembered
-        tokens are kept)."""
+        tokens are kept). ``supersample`` > 1: also read on a grid that many times finer
+        (``MemoryView.supersampled``; a memory without tokens to place ignores it)."""
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """Stored positions ``[N,3]`` float32 (memory frame) and display colours ``[N,3]`` uint8."""

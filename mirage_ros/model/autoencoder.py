@@ -48,6 +48,11 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
         depth = depth.clamp(self.config.min_depth, self.config.max_depth)
         return (torch.log(depth) - lo) / (hi - lo) * 2.0 - 1.0
 
+    def normalize_read_depth(self, depth: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        """A memory read's depth (metres) as the denoiser and the refiner take it: normalised, 0 where
+        ``coverage`` (bool) says nothing is remembered."""
+        return torch.where(coverage, self.normalize_depth(depth), torch.zeros_like(depth))
+
     def denormalize_depth(self, normalized: torch.Tensor) -> torch.Tensor:
         lo, hi = math.log(self.config.min_depth), math.log(self.config.max_depth)
         return torch.exp((normalized.clamp(-1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo)

@@ -10,6 +10,10 @@ each token really projects (sub-cell offset) and at what scale it was seen (``Me
 It predicts a residual, zero at initialisation, so an untrained refiner is the plain read. Being
 deterministic, it shows a revisited place identically every time; the memory keeps the raw tokens.
 
+A refiner made with ``supersample`` > 1 also reads the memory on a grid that many times finer
+(``SupersampledRead``), folded onto the latent grid: a cell then sees each token that lands in it, where
+it lands and how far away it is, not only the one drawn there (at a depth edge, both sides of it).
+
 A refiner is used only on the memories it learned from: one trained on memories of real frames
 (``redraws_imagined=False``, what ``mirage-train-refiner`` trains) redraws observed tokens and leaves
 the model's imagined ones as read (``WorldModel`` gates it by ``MemoryView.observed``): on memories of
@@ -19,6 +23,7 @@ its own imagined frames such a refiner drifts (the model card shows the collapse
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -47,16 +52,29 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def read_channels(latent: torch.Tensor, coverage: torch.Tensor, depth: torch.Tensor,
+                  alignment: torch.Tensor) -> torch.Tensor:
+    """A read as the refiner takes it, ``[B, C + 2 + 3, h, w]``: latent, coverage, depth and alignment, each
+    zero where uncovered (shapes as in ``MemoryReadRefiner.forward``)."""
+    known = coverage.unsqueeze(1).to(latent.dtype)
+    return torch.cat([latent * known, known, depth.unsqueeze(1).to(latent.dtype), alignment.to(latent.dtype) * known],
+                     dim=1)
+
+
 class MemoryReadRefiner(ModelMixin, ConfigMixin):
-    """``redraws_imagined``: trained on memories of imagined frames too, so it may redraw their tokens."""
+    """``redraws_imagined``: trained on memories of imagined frames too, so it may redraw their tokens.
+    ``supersample``: the factor of the finer read it also takes (1: none)."""
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, latent_channels: int = 8, hidden_channels: int = 96, num_blocks: int = 6,
-                 redraws_imagined: bool = False) -> None:
+                 redraws_imagined: bool = False, supersample: int = 1) -> None:
         super().__init__()
-        in_channels = latent_channels + 2 + ALIGNMENT_CHANNELS  # read latent, coverage, depth, alignment
+        if supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {supersample}")
+        read = latent_channels + 2 + ALIGNMENT_CHANNELS  # read latent, coverage, depth, alignment
+        in_channels = read * (1 + supersample ** 2) if supersample > 1 else read
         self.stem = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
         self.trunk = nn.Sequential(*[_ResidualBlock(hidden_channels) for _ in range(num_blocks)])
         self.head = nn.Sequential(nn.GroupNorm(1, hidden_channels), nn.SiLU(),
@@ -64,15 +82,38 @@ class MemoryReadRefiner(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
+    @classmethod
+    def supersampling(cls, refiner: "MemoryReadRefiner", factor: int) -> "MemoryReadRefiner":
+        """A refiner that also takes a ``factor`` times finer read, starting as ``refiner`` (what it adds to the
+        stem starts at zero), so training it begins from what ``refiner`` already knows."""
+        if refiner.config.supersample != 1:
+            raise ValueError("the refiner to start from must take the plain read only")
+        config = {key: value for key, value in refiner.config.items() if not key.startswith("_")}
+        wider = cls(**{**config, "supersample": factor})
+        state = refiner.state_dict()
+        stem = torch.zeros_like(wider.stem.weight)
+        stem[:, :refiner.stem.in_channels] = state["stem.weight"]
+        wider.load_state_dict({**state, "stem.weight": stem})
+        return wider
+
     def forward(self, memory_latent: torch.Tensor, coverage: torch.Tensor, memory_depth: torch.Tensor,
-                alignment: torch.Tensor) -> torch.Tensor:
+                alignment: torch.Tensor, supersampled: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """The refined read ``[B,C,h,w]``: remembered cells redrawn for this view, the others as given.
 
         ``memory_latent [B,C,h,w]`` (zeros where uncovered), ``coverage [B,h,w]`` (0/1),
         ``memory_depth [B,h,w]`` (normalised as the autoencoder does, 0 where uncovered) and
-        ``alignment [B,3,h,w]`` (``MemoryView.alignment``).
+        ``alignment [B,3,h,w]`` (``MemoryView.alignment``). ``supersampled`` (needed when the refiner
+        ``supersample``s): the finer read's ``(latent, coverage, depth, alignment)``, shaped and normalised
+        alike on the ``supersample`` times finer grid.
         """
-        known = coverage.unsqueeze(1).to(memory_latent.dtype)
-        x = torch.cat([memory_latent * known, known, memory_depth.unsqueeze(1), alignment * known], dim=1)
+        x = read_channels(memory_latent, coverage, memory_depth, alignment)
+        factor = self.config.supersample
+        if factor > 1:
+            if supersampled is None:
+                raise ValueError(f"this refiner also takes a {factor}x finer read (supersampled=...)")
+            fine = read_channels(*supersampled)
+            if fine.shape[-2:] != (x.shape[-2] * factor, x.shape[-1] * factor):
+                raise ValueError(f"the finer read is {tuple(fine.shape[-2:])}, need {factor}x {tuple(x.shape[-2:])}")
+            x = torch.cat([x, F.pixel_unshuffle(fine, factor)], dim=1)
         residual = self.head(self.trunk(self.stem(x)))
-        return memory_latent + known * residual
+        return memory_latent + coverage.unsqueeze(1).to(memory_latent.dtype) * residual

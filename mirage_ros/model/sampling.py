@@ -75,8 +75,8 @@ class DenoiserCondition:
               context: torch.Tensor, motion: torch.Tensor, autoencoder: RGBDAutoencoder) -> "DenoiserCondition":
         """The condition from batched memory views (``coverage`` bool, ``memory_depth`` metres): one
         construction for inference and training, so both normalise the view's depth the same way."""
-        depth = torch.where(coverage, autoencoder.normalize_depth(memory_depth), torch.zeros_like(memory_depth))
-        return cls(memory_latent, coverage.float(), depth, context, motion)
+        return cls(memory_latent, coverage.float(), autoencoder.normalize_read_depth(memory_depth, coverage), context,
+                   motion)
 
     def select(self, index: list[int]) -> "DenoiserCondition":
         """The condition of the batch items ``index`` only."""

@@ -429,7 +429,9 @@ class WorldModel:
         one and the memory says how its tokens sit in the view (``MemoryView.alignment``): on the tokens
         the refiner learned to redraw (observed ones, unless it ``redraws_imagined``). Refined tokens
         are at this view's scale, so their decoded depth needs no rescaling."""
-        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth)
+        supersample = 1 if self.refiner is None else self.refiner.config.supersample
+        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth,
+                                     supersample=supersample)
         if self.refiner is None or view.alignment is None:
             return view
         redrawn = view.coverage
@@ -438,15 +440,19 @@ class WorldModel:
         weight = redraw_weight(view.alignment) * redrawn
         if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
-        depth = torch.where(view.coverage, self.autoencoder.normalize_depth(view.depth), torch.zeros_like(view.depth))
+        normalize = self.autoencoder.normalize_read_depth
+        fine = view.supersampled
+        if fine is not None:
+            fine = tuple(tensor[None] for tensor in (fine.latent, fine.coverage.float(),
+                                                     normalize(fine.depth, fine.coverage), fine.alignment))
         with self._autocast():
-            refined = self.refiner(view.latent[None], view.coverage[None].float(), depth[None],
-                                   view.alignment[None])[0].float()
+            refined = self.refiner(view.latent[None], view.coverage[None].float(),
+                                   normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0].float()
         surfaces = view.surfaces
         if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
             surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))
         latent = view.latent + weight * (refined - view.latent)
-        return replace(view, latent=latent, surfaces=surfaces, alignment=None)
+        return replace(view, latent=latent, surfaces=surfaces, alignment=None, supersampled=None)
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
         """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryView,
-                               write_back)
+                               SupersampledRead, write_back)
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.read_refiner import ALIGNMENT_CHANNELS
 from mirage_ros.model.world_model import motion_features
@@ -41,6 +41,7 @@ class SampleConfig:
     latent_noise: float = 0.1      # max std of the noise added to remembered / context latents
     rollout_probability: float = 0.5  # share of examples from the model's own rollouts (when given)
     far_from_anywhere: bool = False  # far frames from the whole sequence but the target (other routes)
+    supersample: int = 1           # > 1: also read the memory this many times finer (a refiner that takes it)
 
 
 class LatentSequences:
@@ -97,12 +98,11 @@ class MemoryConditionedSamples(Dataset):
             return latent + noise_std * torch.randn(latent.shape, generator=generator)
 
         channels, h, w = latents.shape[1:]
-        view = MemoryView(torch.zeros(channels, h, w), torch.zeros(h, w, dtype=torch.bool), torch.zeros(h, w),
-                          torch.zeros(depths.shape[1:], dtype=torch.bool), alignment=torch.zeros(ALIGNMENT_CHANNELS, h, w))
+        view = empty_view(channels, (h, w), tuple(depths.shape[1:]), self.config.supersample)
         if rng.random() >= self.config.no_memory_probability:
             frames = memory_frames(rng, j, len(latents), self.config)
             view = remembered_view(self.memory_config, [Frame(None, depths[f], noisy(latents[f]), K, poses[f])
-                                                        for f in frames], poses[j])
+                                                        for f in frames], poses[j], self.config.supersample)
         weight = (~view.coverage).float() if generated else torch.ones(h, w)
         return example(targets[j], weight, view, noisy(latents[j - 1]), poses[j - 1], poses[j])
 
@@ -120,20 +120,36 @@ def memory_frames(rng: np.random.Generator, target: int, length: int, config: Sa
     return sorted(int(f) for f in far + recent)
 
 
-def remembered_view(config: LatentMemoryConfig, frames: list[Frame], cam_to_world: np.ndarray) -> MemoryView:
-    """A latent memory filled with ``frames`` by the inference rule (``write_back``), read at ``cam_to_world``."""
+def empty_view(channels: int, latent_hw: tuple[int, int], image_hw: tuple[int, int], supersample: int = 1) -> MemoryView:
+    """The view of a memory that holds nothing here (zero coverage), with a finer read if ``supersample`` > 1."""
+    def read(hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(channels, *hw), torch.zeros(hw, dtype=torch.bool), torch.zeros(hw),
+                torch.zeros(ALIGNMENT_CHANNELS, *hw))
+
+    latent, coverage, depth, alignment = read(latent_hw)
+    fine = None
+    if supersample > 1:
+        fine = SupersampledRead(supersample, *read((latent_hw[0] * supersample, latent_hw[1] * supersample)))
+    return MemoryView(latent, coverage, depth, torch.zeros(image_hw, dtype=torch.bool), alignment=alignment,
+                      supersampled=fine)
+
+
+def remembered_view(config: LatentMemoryConfig, frames: list[Frame], cam_to_world: np.ndarray,
+                    supersample: int = 1) -> MemoryView:
+    """A latent memory filled with ``frames`` by the inference rule (``write_back``), read at ``cam_to_world``
+    (also ``supersample`` times finer, if > 1)."""
     memory = LatentSpatialMemory(config)
     image_hw = tuple(frames[0].depth.shape)
     for frame in frames:
         seen = memory.read_view(frame.cam_to_world, frame.K, image_hw, surface_depth=False) if memory.stats().entries else None
         write_back(memory, frame, seen)
-    return memory.read_view(cam_to_world, frames[0].K, image_hw, surface_depth=False)
+    return memory.read_view(cam_to_world, frames[0].K, image_hw, surface_depth=False, supersample=supersample)
 
 
 def example(target: torch.Tensor, weight: torch.Tensor, view: MemoryView, context: torch.Tensor,
             previous_pose: np.ndarray, pose: np.ndarray) -> dict[str, torch.Tensor]:
-    """One training example as the denoiser and the refiner take it."""
-    return {
+    """One training example as the denoiser and the refiner take it (with the finer read, where the view has one)."""
+    fields = {
         "target": target,
         "weight": weight,
         "memory_latent": view.latent,
@@ -143,6 +159,11 @@ def example(target: torch.Tensor, weight: torch.Tensor, view: MemoryView, contex
         "context": context,
         "motion": motion_features(previous_pose, pose),
     }
+    if view.supersampled is not None:
+        fine = view.supersampled
+        fields.update(fine_latent=fine.latent, fine_coverage=fine.coverage, fine_depth=fine.depth,
+                      fine_alignment=fine.alignment)
+    return fields
 
 
 class ImaginedReadSamples(Dataset):
@@ -173,7 +194,7 @@ class ImaginedReadSamples(Dataset):
         j = int(rng.integers(1, len(latents)))
         frames = memory_frames(rng, j, len(latents), self.config)
         view = remembered_view(self.memory_config, [Frame(None, depths[f], latents[f], K, poses[f]) for f in frames],
-                               poses[j])
+                               poses[j], self.config.supersample)
         cloud = ExplicitPointCloudMemory(splat_radius=1, encoder=self._encode, patch_size=self.memory_config.patch_size)
         for f in frames:
             cloud.write(rgb[f], depths[f], K, poses[f])

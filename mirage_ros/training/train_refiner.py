@@ -42,9 +42,12 @@ def refiner_loss(model: MemoryReadRefiner, batch: dict,
     """Mean squared error of the refined read against the target latent over the covered cells that the
     example scores (``weight``), beside the same error of the raw read (what the refiner improves on)."""
     coverage = batch["coverage"].float()
-    depth = torch.where(batch["coverage"], autoencoder.normalize_depth(batch["memory_depth"]),
-                        torch.zeros_like(batch["memory_depth"]))
-    refined = model(batch["memory_latent"], coverage, depth, batch["alignment"])
+    depth = autoencoder.normalize_read_depth(batch["memory_depth"], batch["coverage"])
+    fine = None
+    if "fine_latent" in batch:
+        fine = (batch["fine_latent"], batch["fine_coverage"].float(),
+                autoencoder.normalize_read_depth(batch["fine_depth"], batch["fine_coverage"]), batch["fine_alignment"])
+    refined = model(batch["memory_latent"], coverage, depth, batch["alignment"], fine)
     mask = (coverage * batch["weight"]).unsqueeze(1)
     cells = mask.sum().clamp_min(1) * batch["target"].shape[1]
     loss = (((refined.float() - batch["target"]) ** 2) * mask).sum() / cells
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-far", type=int, default=12, help="most frames from elsewhere in the sequence")
     parser.add_argument("--hidden-channels", type=int, default=96)
     parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--supersample", type=int, default=1,
+                        help="also read the memory this many times finer (MemoryReadRefiner supersample); with "
+                             "--init-from a plain refiner, it starts as that one")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="refiner checkpoint whose weights (and architecture) a new run starts from, e.g. the "
                              "shipped one; a run directory with a checkpoint always resumes instead")
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.rollout_probability <= 1.0:
         parser.error(f"--rollout-probability must lie in [0, 1], got {args.rollout_probability}")
+    if args.supersample < 1:
+        parser.error(f"--supersample must be >= 1, got {args.supersample}")
     memory_config = None
     if args.memory_settings is not None:
         try:
@@ -93,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     if memory_config is None:
         memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor)
     write_memory_settings(state, args.output, memory_config)
-    sample_config = SampleConfig(max_far=args.max_far, no_memory_probability=0.0, far_from_anywhere=True)
+    sample_config = SampleConfig(max_far=args.max_far, no_memory_probability=0.0, far_from_anywhere=True,
+                                 supersample=args.supersample)
     samples = MemoryConditionedSamples(sequences, memory_config, sample_config, seed=args.seed)
     if rollouts is not None:
         samples = MixedSamples(samples, ImaginedReadSamples(rollouts, memory_config, autoencoder, sample_config,
                                                             seed=args.seed), args.rollout_probability, seed=args.seed)
     if args.init_from is not None:
         model = load_component(MemoryReadRefiner, args.init_from)
+        if args.supersample != model.config.supersample:
+            model = MemoryReadRefiner.supersampling(model, args.supersample)
     else:
         model = MemoryReadRefiner(latent_channels=autoencoder.config.latent_channels,
-                                  hidden_channels=args.hidden_channels, num_blocks=args.blocks)
+                                  hidden_channels=args.hidden_channels, num_blocks=args.blocks,
+                                  supersample=args.supersample)
     if rollouts is not None:
         model.register_to_config(redraws_imagined=True)
     print(f"refiner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
