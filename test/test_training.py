@@ -213,7 +213,7 @@ def test_read_refiner_training_beats_the_raw_read_and_exports_with_the_model(tmp
 
     # Widened to also read the memory 2x finer, from the first run: it starts as that refiner (the first
     # loss is the plain refiner's on the same examples, not the raw read's) and ships with the model.
-    for run, extra in (("rf_plain", []), ("rf_fine", ["--supersample", "2"])):
+    for run, extra in (("rf_plain", []), ("rf_fine", ["--supersample", "2", "--redraw", "0", "0.25"])):
         train_refiner.main(["--data", str(tmp_path / "data"), "--batch-size", "4", "--log-every", "1", "--workers",
                             "0", "--mixed-precision", "no", "--output", str(tmp_path / run), "--steps", "2", "--lr",
                             "1e-3", "--autoencoder", str(tiny_checkpoint / "autoencoder"), "--init-from",
@@ -225,7 +225,8 @@ def test_read_refiner_training_beats_the_raw_read_and_exports_with_the_model(tmp
     export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(tiny_checkpoint / "denoiser"),
                  "--refiner", str(tmp_path / "rf_fine" / "checkpoint"), "--output", str(tmp_path / "model3"),
                  "--image-size", "64", "64"])
-    assert WorldModel.from_pretrained(tmp_path / "model3").refiner.config.supersample == 2
+    config = WorldModel.from_pretrained(tmp_path / "model3").refiner.config
+    assert (config.supersample, config.keep_below, config.redraw_above) == (2, 0.0, 0.25)
     (tmp_path / "bad.json").write_text('{"memory": {"voxel_size": -1}}')
     with pytest.raises(SystemExit):  # argparse's error exit, before anything is loaded
         train_refiner.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "rf_bad"), "--autoencoder",

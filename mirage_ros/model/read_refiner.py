@@ -31,15 +31,10 @@ from torch import nn
 #: Alignment channels of a read: sub-cell offset x, y (latent pixels), log2 of seen-at over current depth.
 ALIGNMENT_CHANNELS = 3
 #: Misalignment (largest of the offset in cells and the log2 scale) up to which a token is kept as read,
-#: and from which it is wholly redrawn (linear between): a token read from about where it was written is
-#: the autoencoder's own latent of that view, and a regression can only lose detail there.
+#: and from which it is wholly redrawn (linear between), for a refiner that sees the plain read only: a token
+#: read from about where it was written is the autoencoder's own latent of that view, and such a regression
+#: can only lose detail there. A refiner that also sees the finer read has its own (its config).
 KEEP_BELOW, REDRAW_ABOVE = 0.125, 0.5
-
-
-def redraw_weight(alignment: torch.Tensor) -> torch.Tensor:
-    """How much of the refiner's redraw each cell takes, ``[h,w]`` in [0, 1], from ``alignment [3,h,w]``."""
-    misalignment = alignment.abs().amax(0)
-    return ((misalignment - KEEP_BELOW) / (REDRAW_ABOVE - KEEP_BELOW)).clamp(0, 1)
 
 
 class _ResidualBlock(nn.Module):
@@ -63,16 +58,20 @@ def read_channels(latent: torch.Tensor, coverage: torch.Tensor, depth: torch.Ten
 
 class MemoryReadRefiner(ModelMixin, ConfigMixin):
     """``redraws_imagined``: trained on memories of imagined frames too, so it may redraw their tokens.
-    ``supersample``: the factor of the finer read it also takes (1: none)."""
+    ``supersample``: the factor of the finer read it also takes (1: none). ``keep_below``, ``redraw_above``:
+    how much of its redraw each cell takes (``redraw_weight``)."""
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, latent_channels: int = 8, hidden_channels: int = 96, num_blocks: int = 6,
-                 redraws_imagined: bool = False, supersample: int = 1) -> None:
+                 redraws_imagined: bool = False, supersample: int = 1, keep_below: float = KEEP_BELOW,
+                 redraw_above: float = REDRAW_ABOVE) -> None:
         super().__init__()
         if supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {supersample}")
+        if not 0 <= keep_below < redraw_above:
+            raise ValueError(f"need 0 <= keep_below < redraw_above, got {keep_below}, {redraw_above}")
         read = latent_channels + 2 + ALIGNMENT_CHANNELS  # read latent, coverage, depth, alignment
         in_channels = read * (1 + supersample ** 2) if supersample > 1 else read
         self.stem = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
@@ -95,6 +94,14 @@ class MemoryReadRefiner(ModelMixin, ConfigMixin):
         stem[:, :refiner.stem.in_channels] = state["stem.weight"]
         wider.load_state_dict({**state, "stem.weight": stem})
         return wider
+
+    def redraw_weight(self, alignment: torch.Tensor) -> torch.Tensor:
+        """How much of the redraw each cell takes, ``[h,w]`` in [0, 1], from ``alignment [3,h,w]``: none up to a
+        misalignment (largest of the offset in cells and the log2 scale) of ``keep_below``, all from
+        ``redraw_above``, linear between."""
+        misalignment = alignment.abs().amax(0)
+        keep, redraw = self.config.keep_below, self.config.redraw_above
+        return ((misalignment - keep) / (redraw - keep)).clamp(0, 1)
 
     def forward(self, memory_latent: torch.Tensor, coverage: torch.Tensor, memory_depth: torch.Tensor,
                 alignment: torch.Tensor, supersampled: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:

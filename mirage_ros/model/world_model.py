@@ -39,7 +39,7 @@ from mirage_ros.memory.protocol import OBSERVED_SHARE
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
-from mirage_ros.model.read_refiner import MemoryReadRefiner, redraw_weight
+from mirage_ros.model.read_refiner import MemoryReadRefiner
 from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
 
 MEMORY_KINDS = ("latent", "explicit", "none")
@@ -437,7 +437,7 @@ class WorldModel:
         redrawn = view.coverage
         if not self.refiner.config.redraws_imagined and view.observed is not None:
             redrawn = redrawn & (view.observed >= OBSERVED_SHARE)
-        weight = redraw_weight(view.alignment) * redrawn
+        weight = self.refiner.redraw_weight(view.alignment) * redrawn
         if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
         normalize = self.autoencoder.normalize_read_depth

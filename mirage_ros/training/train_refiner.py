@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supersample", type=int, default=1,
                         help="also read the memory this many times finer (MemoryReadRefiner supersample); with "
                              "--init-from a plain refiner, it starts as that one")
+    parser.add_argument("--redraw", type=float, nargs=2, metavar=("KEEP_BELOW", "REDRAW_ABOVE"), default=None,
+                        help="misalignment (cells) up to which the world model keeps a token as read, and from which "
+                             "it takes the refiner's redraw whole (recorded in the refiner's config; default: the "
+                             "starting refiner's, or read_refiner.KEEP_BELOW, REDRAW_ABOVE)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="refiner checkpoint whose weights (and architecture) a new run starts from, e.g. the "
                              "shipped one; a run directory with a checkpoint always resumes instead")
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rollout-probability must lie in [0, 1], got {args.rollout_probability}")
     if args.supersample < 1:
         parser.error(f"--supersample must be >= 1, got {args.supersample}")
+    if args.redraw is not None and not 0 <= args.redraw[0] < args.redraw[1]:
+        parser.error(f"--redraw needs 0 <= KEEP_BELOW < REDRAW_ABOVE, got {args.redraw}")
     memory_config = None
     if args.memory_settings is not None:
         try:
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                                   supersample=args.supersample)
     if rollouts is not None:
         model.register_to_config(redraws_imagined=True)
+    if args.redraw is not None:
+        model.register_to_config(keep_below=args.redraw[0], redraw_above=args.redraw[1])
     print(f"refiner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(sequences)} training sequences")
     train_loop(args, model, example_loader(samples, args), partial(refiner_loss, autoencoder=autoencoder), "refiner")
