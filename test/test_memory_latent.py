@@ -583,3 +583,6 @@ def test_a_supersampled_read_shows_the_tokens_that_land_between_cell_centres():
     second_fine = (fine.latent[0] < 0).float().mean()
     assert second_plain < 0.1 and second_fine > 0.2, (float(second_plain), float(second_fine))
     assert torch.equal(memory.read(A, CAMERA.K, (16, 16)).latent, plain.latent)  # the finer read changes nothing
+    supersampled = memory.read_supersampled(A, CAMERA.K, (128, 128), 2)  # the SpatialMemory protocol's way
+    assert supersampled.factor == 2 and torch.equal(supersampled.latent, fine.latent)
+    assert torch.equal(supersampled.depth, torch.nan_to_num(fine.depth) * fine.coverage)

@@ -103,7 +103,7 @@ class ExplicitPointCloudMemory:
         return self.write(frame.rgb, frame.depth, frame.K, frame.cam_to_world, valid=valid)
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
+                  surface_depth: bool = True) -> MemoryView:
         """Render, then re-encode the render (the cost the latent memory removes); a token is
         remembered where its whole patch is covered, at the nearest depth of the patch."""
         if self.encoder is None:
@@ -116,6 +116,11 @@ class ExplicitPointCloudMemory:
         token_depth = -F.max_pool2d(-nearest[None, None], factor)[0, 0]
         return MemoryView(latent, token_coverage, torch.where(token_coverage, token_depth, torch.zeros_like(token_depth)),
                           render.coverage)
+
+    def read_supersampled(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
+                          factor: int) -> None:
+        """None: a re-encoded render is aligned with the view already (no tokens placed on a grid)."""
+        return None
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         return self.positions.cpu().numpy(), self.colors.cpu().numpy()

@@ -475,7 +475,7 @@ class LatentSpatialMemory:
         return written
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
+                  surface_depth: bool = True) -> MemoryView:
         height, width = int(image_hw[0]), int(image_hw[1])
         p = self.config.patch_size
         if height % p or width % p:
@@ -487,13 +487,17 @@ class LatentSpatialMemory:
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
             surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
             surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < OBSERVED_SHARE))
-        supersampled = None
-        if supersample > 1:
-            fine = self.read(cam_to_world, K, (height // p, width // p), supersample)
-            supersampled = SupersampledRead(supersample, fine.latent, fine.coverage,
-                                            torch.nan_to_num(fine.depth) * fine.coverage, read_alignment(fine))
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
-                          to_pixel_grid(read.coverage, p), surfaces, read_alignment(read), read.observed, supersampled)
+                          to_pixel_grid(read.coverage, p), surfaces, read_alignment(read), read.observed)
+
+    def read_supersampled(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
+                          factor: int) -> SupersampledRead:
+        p = self.config.patch_size
+        if image_hw[0] % p or image_hw[1] % p:
+            raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
+        fine = self.read(cam_to_world, K, (int(image_hw[0]) // p, int(image_hw[1]) // p), factor)
+        return SupersampledRead(factor, fine.latent, fine.coverage, torch.nan_to_num(fine.depth) * fine.coverage,
+                                read_alignment(fine))
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():

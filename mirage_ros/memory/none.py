@@ -24,12 +24,16 @@ class NoMemory:
         return 0
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
+                  surface_depth: bool = True) -> MemoryView:
         h, w = image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
         return MemoryView(torch.zeros((self.channels, h, w), device=self.device),
                           torch.zeros((h, w), dtype=torch.bool, device=self.device),
                           torch.zeros((h, w), device=self.device),
                           torch.zeros(tuple(image_hw), dtype=torch.bool, device=self.device))
+
+    def read_supersampled(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
+                          factor: int) -> None:
+        return None
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)

@@ -56,8 +56,8 @@ class MemoryView:
     its sub-cell offset (x, y, latent pixels) and ``log2`` of the depth it was seen at over its depth
     here (0 where uncovered); what a ``MemoryReadRefiner`` needs to redraw the mosaic for this view.
     ``observed [h,w]`` (latent memory; else ``None``): the share of each remembered token's
-    observations that were real rather than imagined (0 where uncovered). ``supersampled`` (latent
-    memory, when asked for; else ``None``): the same read on a finer grid, see ``SupersampledRead``.
+    observations that were real rather than imagined (0 where uncovered). ``supersampled``: the same read
+    on a finer grid (``SpatialMemory.read_supersampled``) where one is attached, as training examples do.
     """
 
     latent: torch.Tensor
@@ -119,11 +119,15 @@ class SpatialMemory(Protocol):
         raises ``ValueError`` and changes nothing."""
 
     def read_view(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
-                  surface_depth: bool = True, supersample: int = 1) -> MemoryView:
+                  surface_depth: bool = True) -> MemoryView:
         """The memory seen from ``cam_to_world`` (intrinsics ``K`` at ``image_hw``). ``surface_depth``:
         also describe the remembered surfaces (``MemoryView.surfaces``; only needed where remembered
-        tokens are kept). ``supersample`` > 1: also read on a grid that many times finer
-        (``MemoryView.supersampled``; a memory without tokens to place ignores it)."""
+        tokens are kept)."""
+
+    def read_supersampled(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
+                          factor: int) -> SupersampledRead | None:
+        """The same view read on a grid ``factor`` times finer than its latent grid (``SupersampledRead``);
+        ``None`` from a memory without tokens to place. Asked for separately, only when a refiner needs it."""
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """Stored positions ``[N,3]`` float32 (memory frame) and display colours ``[N,3]`` uint8."""

@@ -429,9 +429,7 @@ class WorldModel:
         one and the memory says how its tokens sit in the view (``MemoryView.alignment``): on the tokens
         the refiner learned to redraw (observed ones, unless it ``redraws_imagined``). Refined tokens
         are at this view's scale, so their decoded depth needs no rescaling."""
-        supersample = 1 if self.refiner is None else self.refiner.config.supersample
-        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth,
-                                     supersample=supersample)
+        view = self.memory.read_view(cam_to_world, self.K, self.image_size, surface_depth=surface_depth)
         if self.refiner is None or view.alignment is None:
             return view
         redrawn = view.coverage
@@ -441,10 +439,11 @@ class WorldModel:
         if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
         normalize = self.autoencoder.normalize_read_depth
-        fine = view.supersampled
-        if fine is not None:
-            fine = tuple(tensor[None] for tensor in (fine.latent, fine.coverage.float(),
-                                                     normalize(fine.depth, fine.coverage), fine.alignment))
+        fine = None
+        if self.refiner.config.supersample > 1:  # read only now: most steps with new content skip the refiner
+            read = self.memory.read_supersampled(cam_to_world, self.K, self.image_size, self.refiner.config.supersample)
+            fine = tuple(tensor[None] for tensor in (read.latent, read.coverage.float(),
+                                                     normalize(read.depth, read.coverage), read.alignment))
         with self._autocast():
             refined = self.refiner(view.latent[None], view.coverage[None].float(),
                                    normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0].float()
@@ -452,7 +451,7 @@ class WorldModel:
         if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
             surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))
         latent = view.latent + weight * (refined - view.latent)
-        return replace(view, latent=latent, surfaces=surfaces, alignment=None, supersampled=None)
+        return replace(view, latent=latent, surfaces=surfaces, alignment=None)
 
     def nearest_surface(self, x: float, y: float, min_height: float, max_height: float) -> float:
         """Horizontal distance (m) from ``(x, y)`` to the nearest remembered surface between the two

@@ -20,7 +20,7 @@ cloud at the target camera and re-encoded, are what that world looks like from t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -143,7 +143,10 @@ def remembered_view(config: LatentMemoryConfig, frames: list[Frame], cam_to_worl
     for frame in frames:
         seen = memory.read_view(frame.cam_to_world, frame.K, image_hw, surface_depth=False) if memory.stats().entries else None
         write_back(memory, frame, seen)
-    return memory.read_view(cam_to_world, frames[0].K, image_hw, surface_depth=False, supersample=supersample)
+    view = memory.read_view(cam_to_world, frames[0].K, image_hw, surface_depth=False)
+    if supersample > 1:
+        view = replace(view, supersampled=memory.read_supersampled(cam_to_world, frames[0].K, image_hw, supersample))
+    return view
 
 
 def example(target: torch.Tensor, weight: torch.Tensor, view: MemoryView, context: torch.Tensor,
