@@ -478,9 +478,7 @@ class LatentSpatialMemory:
                   surface_depth: bool = True) -> MemoryView:
         height, width = int(image_hw[0]), int(image_hw[1])
         p = self.config.patch_size
-        if height % p or width % p:
-            raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
-        read = self.read(cam_to_world, K, (height // p, width // p))
+        read = self.read(cam_to_world, K, self._latent_grid(image_hw))
         surfaces = None
         if surface_depth:
             # Remembered tokens are decoded as they were seen; the scale brings their depth to this view.
@@ -492,12 +490,16 @@ class LatentSpatialMemory:
 
     def read_supersampled(self, cam_to_world: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
                           factor: int) -> SupersampledRead:
-        p = self.config.patch_size
-        if image_hw[0] % p or image_hw[1] % p:
-            raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
-        fine = self.read(cam_to_world, K, (int(image_hw[0]) // p, int(image_hw[1]) // p), factor)
+        fine = self.read(cam_to_world, K, self._latent_grid(image_hw), factor)
         return SupersampledRead(factor, fine.latent, fine.coverage, torch.nan_to_num(fine.depth) * fine.coverage,
                                 read_alignment(fine))
+
+    def _latent_grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The latent grid of an ``image_hw`` view (``ValueError`` unless the patch size divides it)."""
+        p = self.config.patch_size
+        if int(image_hw[0]) % p or int(image_hw[1]) % p:
+            raise ValueError(f"image size {image_hw} must be a multiple of the patch size {p}")
+        return int(image_hw[0]) // p, int(image_hw[1]) // p
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.keys.numel():
