@@ -1,5 +1,6 @@
 """Offline rollout speed: sim seconds written to an MCAP bag per wall-clock second, side by side for
-float32 and bfloat16 network arithmetic (shipped model, ``config/sim.yaml``, the demo tour).
+float32 network arithmetic with traced networks (the default), float32 eager and bfloat16 (shipped model,
+``config/sim.yaml``, the demo tour). The first two write identical bags.
 
     .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda]
 
@@ -11,6 +12,7 @@ into a temporary folder, exactly as ``mirage-rollout`` does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -31,20 +33,26 @@ def main() -> int:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    factors = {}
-    for precision in ("float32", "bfloat16"):
-        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"precision": precision, "device": args.device})
+    factors, digests = {}, {}
+    variants = {"float32 traced": ("float32", True), "float32 eager": ("float32", False), "bfloat16": ("bfloat16", True)}
+    for name, (precision, trace) in variants.items():
+        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS,
+                                      {"precision": precision, "trace_networks": trace, "device": args.device})
         steps = int(round(args.duration * params["rate"]))
         best = float("inf")
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
-                rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
+                bag = rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
                 best = min(best, time.perf_counter() - started)
-        factors[precision] = args.duration / best
-        print(f"{precision:>8}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "
-              f"= {1000 * best / steps:.1f} ms/step, {factors[precision]:.2f}x real time")
-    print(f"bfloat16 / float32 speed: {factors['bfloat16'] / factors['float32']:.2f}x; target >= 3x real time: "
+                digests[name] = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(bag.rglob("*.mcap"))))
+        factors[name] = args.duration / best
+        print(f"{name:>14}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "
+              f"= {1000 * best / steps:.1f} ms/step, {factors[name]:.2f}x real time")
+    same = digests["float32 traced"].digest() == digests["float32 eager"].digest()
+    print(f"float32 traced and eager bags identical: {'yes' if same else 'NO'}")
+    print(f"traced / eager float32 speed: {factors['float32 traced'] / factors['float32 eager']:.2f}x; bfloat16 / "
+          f"traced float32: {factors['bfloat16'] / factors['float32 traced']:.2f}x; target >= 3x real time: "
           f"{'met' if max(factors.values()) >= 3 else 'missed'}")
     return 0
 

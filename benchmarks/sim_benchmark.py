@@ -1,6 +1,6 @@
 """Closed-loop benchmark of the mirage_sim node (shipped model, config/sim.yaml), over real DDS.
 
-    .venv/bin/python benchmarks/sim_benchmark.py [--seconds 30] [--soak 600]
+    .venv/bin/python benchmarks/sim_benchmark.py [--seconds 30] [--soak 600] [-p trace_networks:=false ...]
 
 Runs the node in its own process and measures, from another process: published steps per second
 with a subscriber attached; end-to-end latency from a cmd_vel to the first image rendered from the
@@ -48,9 +48,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the rate measurement")
     parser.add_argument("--latency-trials", type=int, default=10)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak test (0: skip)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="another node parameter over config/sim.yaml's (repeatable)")
     args = parser.parse_args()
     command = [sys.executable, "-m", "mirage_ros.ros.sim_node", "--ros-args", "--params-file",
                str(ROOT / "config" / "sim.yaml"), "-p", "command_timeout:=1.0"]
+    for param in args.param:
+        command += ["-p", param]
     node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with ros_client("mirage_benchmark") as client:

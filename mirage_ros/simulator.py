@@ -151,6 +151,10 @@ class FrameRenderer(Protocol):
     def add_camera(self, cam_to_odom: np.ndarray) -> None:
         """One more camera in the world (a companion robot's), after those ``begin`` or ``load_memory`` placed."""
 
+    def warm_up(self) -> None:
+        """Pay the one-off costs of the first frames of the cameras placed so far now (``reset`` ends with it), so
+        a real-time loop's first steps are on time."""
+
     def render_cameras(self, cam_to_odoms: Sequence[np.ndarray], K: np.ndarray) -> list[StepResult]:
         """The frames seen from ``cam_to_odoms`` (one pose per camera, in camera order) with intrinsics ``K``."""
 
@@ -197,6 +201,9 @@ class ModelRenderer:
 
     def add_camera(self, cam_to_odom: np.ndarray) -> None:
         self.model.add_camera(cam_to_odom)
+
+    def warm_up(self) -> None:
+        self.model.warm_up()
 
     def render_cameras(self, cam_to_odoms: Sequence[np.ndarray], K: np.ndarray) -> list[StepResult]:
         return self.model.step_cameras(cam_to_odoms, K)
@@ -258,7 +265,8 @@ class Simulator:
         what the memory holds where they look.
 
         All or nothing: a start that cannot be built (bad seed, unreadable files, corrupt memory)
-        raises ``ValueError`` with the base, the memory and the start specification as they were.
+        raises ``ValueError`` with the base, the memory and the start specification as they were. Ends by
+        warming the renderer up (``FrameRenderer.warm_up``): the node's first steps are on time.
         """
         start = self.start if world_seed is None else StartSpec(world_seed=world_seed)
         self.renderer.begin(start, self.camera, self.mount, self.mount.camera_to_world(self.initial_pose.matrix()))
@@ -267,6 +275,7 @@ class Simulator:
         for robot in self.companions:
             robot.base.reset(robot.initial_pose)
             self.renderer.add_camera(robot.mount.camera_to_world(robot.initial_pose.matrix()))
+        self.renderer.warm_up()
 
     def teleport(self, pose: PlanarPose, robot: int = 0) -> None:
         """Put robot ``robot``'s base at ``pose`` at rest (RViz "2D Pose Estimate"); a pose beyond
@@ -367,6 +376,7 @@ def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
                                        precision=params["precision"],
+                                       trace_networks=params["trace_networks"],
                                        floor_height=params["floor_height"] if params["clamp_to_floor"] else None)
     # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
     model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])

@@ -42,7 +42,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
 
 
-def make_tiny_world_model(memory: str = "latent", seed: int = 0):
+def make_tiny_world_model(memory: str = "latent", seed: int = 0, trace_networks: bool = True):
     """The one tiny random world model of the tests (64x64 images, 4 latent channels, 2 sampling steps):
     fast to run, identical every time it is built."""
     import torch
@@ -52,7 +52,8 @@ def make_tiny_world_model(memory: str = "latent", seed: int = 0):
     torch.manual_seed(0)
     return WorldModel(RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16)),
                       MemoryConditionedDenoiser(latent_channels=4, sample_size=8, block_out_channels=(32, 32)),
-                      (64, 64), memory=memory, sampling=SamplingConfig(num_inference_steps=2), seed=seed)
+                      (64, 64), memory=memory, sampling=SamplingConfig(num_inference_steps=2), seed=seed,
+                      trace_networks=trace_networks)
 
 
 @pytest.fixture(scope="session")

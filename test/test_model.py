@@ -242,8 +242,9 @@ GOLDEN = {
 }
 
 
-@pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
-def test_shipped_checkpoint_golden_outputs():
+def golden_drive() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The golden outputs' drive: the true first frame (rgb, depth), its 128x128 intrinsics, and the 8 camera
+    poses of held-out world 10's "explore" trajectory."""
     from mirage_ros.worlds import generate_trajectory, generate_world
     from mirage_ros.worlds.renderer import GroundTruthRenderer
 
@@ -252,10 +253,16 @@ def test_shipped_checkpoint_golden_outputs():
     camera = PinholeCamera.from_hfov(128, 128, math.pi / 2)
     with GroundTruthRenderer(world, 128, 128) as renderer:
         rgb, depth = renderer.render(trajectory.cam_to_world[0], camera.K)
+    return rgb, depth, camera.K, trajectory.cam_to_world
+
+
+@pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "world_model.json").is_file(), reason="no shipped checkpoint")
+def test_shipped_checkpoint_golden_outputs():
+    rgb, depth, K, cam_to_world = golden_drive()
     model = WorldModel.from_pretrained(seed=0, precision="float32", floor_height=0.0)
-    model.reset(rgb, depth, camera.K, trajectory.cam_to_world[0])
+    model.reset(rgb, depth, K, cam_to_world[0])
     for t in range(1, 8):
-        result = model.step(trajectory.cam_to_world[t])
+        result = model.step(cam_to_world[t])
         if t in GOLDEN:
             expected = GOLDEN[t]
             assert result.coverage == pytest.approx(expected["coverage"], abs=1e-6), t

@@ -92,3 +92,14 @@ def test_observation_files_and_bad_starts(tmp_path, tiny_checkpoint):
         Simulator(ModelRenderer(model), CAMERA, MOUNT, PlanarBase(), StartSpec(rgb_path="x.png"))
     with pytest.raises(ValueError, match="generates"):
         Simulator(ModelRenderer(model), PinholeCamera.from_hfov(128, 128, 1.0), MOUNT, PlanarBase())
+
+
+def test_reset_warms_the_model_up_so_the_first_step_traces_nothing_new(tiny_checkpoint):
+    model = WorldModel.from_pretrained(tiny_checkpoint)
+    base = PlanarBase("diff_drive", BaseLimits(), command_timeout=10.0)
+    sim = Simulator(ModelRenderer(model), CAMERA, MOUNT, base, wall_start())
+    sim.reset()
+    assert model.traced.num_traces == 3  # the encoder (start observation), the denoiser, the decoder
+    base.command(0.5, 0.0, 0.3, stamp=0.0)
+    sim.step(0.1, now=0.1)
+    assert model.traced.num_traces == 3

@@ -5,6 +5,7 @@ the denoiser and a separate scheduler (``FlowMatchEulerDiscreteScheduler``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.denoiser import MemoryConditionedDenoiser
+
+#: The denoiser, or a callable that runs it with the same arguments (the world model's traced call).
+Denoiser = MemoryConditionedDenoiser | Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -83,7 +87,7 @@ class DenoiserCondition:
         return DenoiserCondition(self.memory_latent[index], self.coverage[index], self.depth[index],
                                  self.context[index], self.motion[index])
 
-    def predict_clean(self, denoiser: MemoryConditionedDenoiser, sample: torch.Tensor,
+    def predict_clean(self, denoiser: Denoiser, sample: torch.Tensor,
                       sigma: torch.Tensor) -> torch.Tensor:
         """The denoiser's estimate of the clean latent of ``sample`` at noise level(s) ``sigma [B]``."""
         return denoiser(sample, sigma, self.memory_latent, self.coverage, self.depth, self.context, self.motion)
@@ -105,7 +109,7 @@ def noise_schedule(config: SamplingConfig, coverage: torch.Tensor) -> tuple[floa
     return tuple(config.sigmas(float(coverage.mean())))
 
 
-def sample_latent(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscreteScheduler,
+def sample_latent(denoiser: Denoiser, scheduler: FlowMatchEulerDiscreteScheduler,
                   condition: DenoiserCondition, config: SamplingConfig, generator: torch.Generator) -> SampleOutput:
     """Generate one latent frame per batch item (x0-prediction turned into flow-matching velocity).
 
@@ -131,7 +135,7 @@ def sample_latent(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEuler
     return SampleOutput(latent, calls)
 
 
-def _denoise(denoiser: MemoryConditionedDenoiser, scheduler: FlowMatchEulerDiscreteScheduler,
+def _denoise(denoiser: Denoiser, scheduler: FlowMatchEulerDiscreteScheduler,
              condition: DenoiserCondition, sigmas: list[float], config: SamplingConfig,
              generator: torch.Generator) -> torch.Tensor:
     """The sampling loop of ``sample_latent`` over the noise levels ``sigmas``, for a batch that shares them."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -38,9 +39,10 @@ from mirage_ros.memory.projection import RayCache, clamp_to_floor
 from mirage_ros.memory.protocol import OBSERVED_SHARE
 from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import DEFAULT_CHECKPOINT, load_component
-from mirage_ros.model.denoiser import MemoryConditionedDenoiser
-from mirage_ros.model.read_refiner import MemoryReadRefiner
+from mirage_ros.model.denoiser import MOTION_FEATURES, MemoryConditionedDenoiser
+from mirage_ros.model.read_refiner import ALIGNMENT_CHANNELS, MemoryReadRefiner
 from mirage_ros.model.sampling import DenoiserCondition, SamplingConfig, sample_latent
+from mirage_ros.model.tracing import TracedCalls
 
 MEMORY_KINDS = ("latent", "explicit", "none")
 #: Arithmetic of the networks: ``auto`` is bfloat16 where the hardware runs it natively (CUDA with bf16,
@@ -112,8 +114,9 @@ def resize_observation(rgb: np.ndarray, depth: np.ndarray, size_hw: tuple[int, i
     Colour is area-averaged; depth is sampled at the nearest pixel so edges never blend foreground
     and background into a depth that belongs to neither.
     """
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255.0)
-    depth_t = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
+    # Copies (torch.tensor), so read-only arrays (decoded image files, ROS message buffers) need no warning.
+    rgb_t = torch.tensor(rgb).permute(2, 0, 1).float().div(255.0)
+    depth_t = torch.tensor(depth, dtype=torch.float32)
     if tuple(rgb_t.shape[1:]) != size_hw:
         rgb_t = F.interpolate(rgb_t[None], size=size_hw, mode="area")[0]
         depth_t = F.interpolate(depth_t[None, None], size=size_hw, mode="nearest-exact")[0, 0]
@@ -160,18 +163,23 @@ class WorldModel:
 
     ``refiner``: redraws latent memory reads for the viewpoint they are read from (``None``: remembered
     tokens are decoded as read, a mosaic wherever the view differs from the one that wrote them).
+
+    ``trace_networks``: the networks run as recorded graphs where they compute in float32 (``traced``,
+    ``tracing.py``: bit-identical results, ~40 % faster denoiser on a CPU); ``False``: plain eager PyTorch.
     """
 
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
                  image_size: tuple[int, int] = (128, 128), memory: str = "latent",
                  memory_config: LatentMemoryConfig | None = None, sampling: SamplingConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, precision: str = "float32",
-                 floor_height: float | None = None, refiner: MemoryReadRefiner | None = None) -> None:
+                 floor_height: float | None = None, refiner: MemoryReadRefiner | None = None,
+                 trace_networks: bool = True) -> None:
         self.device = torch.device(device)
         self.compute_dtype = resolve_precision(precision, self.device)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.denoiser = denoiser.to(self.device).eval()
         self.refiner = refiner.to(self.device).eval() if refiner is not None else None
+        self.traced = TracedCalls(enabled=trace_networks)
         if self.device.type == "cpu":
             # oneDNN convolutions run faster on channels-last (NHWC) weights on a CPU.
             for module in (self.autoencoder, self.denoiser, self.refiner):
@@ -263,7 +271,7 @@ class WorldModel:
     def _encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Latents ``[B,C,h,w]`` float32 of ``rgb [B,3,H,W]`` in [0,1] and metric ``depth [B,H,W]``."""
         with self._autocast():
-            return self.autoencoder.encode(rgb, depth).float()
+            return self.traced(self.autoencoder.encode, rgb, depth).float()
 
     # ------------------------------------------------------------------ observations
     @torch.inference_mode()
@@ -349,6 +357,30 @@ class WorldModel:
         """Entries held, their bytes, observations since the last clear, last read's coverage."""
         return self.memory.stats()
 
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run each network once, on zeros, at the shapes the cameras' steps use: the first real steps then
+        pay no one-off costs (traces, kernel set-up; about half a second in all on a CPU). A real-time loop
+        calls this before its clock starts. Nothing the model holds changes."""
+        if not self._cameras:
+            raise RuntimeError("call reset() with an observation (or load_memory) before warm_up()")
+        cameras, (h, w) = len(self._cameras), self.latent_size
+        latent = torch.zeros(cameras, self.denoiser.config.latent_channels, h, w, device=self.device)
+        grid = torch.zeros(cameras, h, w, device=self.device)
+        with self._autocast():
+            for batch in sorted({1, cameras}):  # cameras sharing a noise schedule are denoised together
+                self.traced(self.denoiser.forward, latent[:batch], grid[:batch, 0, 0], latent[:batch], grid[:batch],
+                            grid[:batch], latent[:batch], torch.zeros(batch, MOTION_FEATURES, device=self.device))
+            self.traced(self.autoencoder.decode_raw, latent)
+            if self.refiner is not None:  # redraws one camera's read at a time
+                fine = None
+                factor = self.refiner.config.supersample
+                if factor > 1:
+                    fine_latent = torch.zeros(1, latent.shape[1], h * factor, w * factor, device=self.device)
+                    fine_grid = fine_latent[:, 0]
+                    fine = (fine_latent, fine_grid, fine_grid, fine_latent[:, :ALIGNMENT_CHANNELS])
+                self.traced(self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine)
+
     # ------------------------------------------------------------------ the loop
     def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
         """Generate the frame seen from ``cam_to_world`` (4x4, optical frame -> memory frame) and
@@ -387,12 +419,13 @@ class WorldModel:
                                             torch.stack([track.context for track in self._cameras]), motion,
                                             self.autoencoder)
         with self._autocast():
-            output = sample_latent(self.denoiser, self.scheduler, condition, self.sampling, self._generator)
+            output = sample_latent(partial(self.traced, self.denoiser.forward), self.scheduler, condition,
+                                   self.sampling, self._generator)
         timings.denoise = self._clock() - started
 
         started = self._clock()
         with self._autocast():
-            raw = self.autoencoder.decode_raw(output.latent)
+            raw = self.traced(self.autoencoder.decode_raw, output.latent)
         rgbs, depths = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
         frames = []
         for rgb, depth, latent, view, pose in zip(rgbs, depths, output.latent, views, poses):
@@ -445,8 +478,8 @@ class WorldModel:
             fine = tuple(tensor[None] for tensor in (read.latent, read.coverage.float(),
                                                      normalize(read.depth, read.coverage), read.alignment))
         with self._autocast():
-            refined = self.refiner(view.latent[None], view.coverage[None].float(),
-                                   normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0].float()
+            refined = self.traced(self.refiner.forward, view.latent[None], view.coverage[None].float(),
+                                  normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0].float()
         surfaces = view.surfaces
         if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
             surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))

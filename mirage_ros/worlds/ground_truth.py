@@ -62,6 +62,9 @@ class GroundTruthFrames:
     def add_camera(self, cam_to_odom: np.ndarray) -> None:
         """Cameras need no state here: every frame is rendered from the world as it is."""
 
+    def warm_up(self) -> None:
+        """Nothing to set up ahead: the first frame costs what every other does."""
+
     def render_cameras(self, cam_to_odoms: Sequence[np.ndarray], K: np.ndarray) -> list[StepResult]:
         return [self.render(cam_to_odom, K) for cam_to_odom in cam_to_odoms]
 
