@@ -1,6 +1,8 @@
 """Traced network calls (model/tracing.py): bit-identical to eager PyTorch, one trace per input signature,
 eager where tracing does not apply or fails."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,16 @@ def test_traced_calls_match_eager_and_trace_once_per_signature():
         net.conv.weight.mul_(-1.0)  # trained or loaded in place: the traces hold the parameters themselves
     with torch.inference_mode():
         assert torch.equal(calls(net.forward, x, extra), net(x, extra))
+
+
+def test_a_module_that_is_gone_leaves_no_trace_behind():
+    net, calls = Blend().eval(), TracedCalls()
+    with torch.inference_mode():
+        calls(net.forward, torch.randn(1, 3, 8, 8))
+    assert calls.num_traces == 1
+    del net  # e.g. a world model's refiner replaced by another
+    gc.collect()
+    assert calls.num_traces == 0
 
 
 def test_traced_calls_run_eagerly_with_gradients_under_autocast_or_when_disabled():

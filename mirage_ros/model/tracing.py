@@ -8,8 +8,9 @@ arithmetic, ~10 %).
 
 A trace is taken per network method and per input signature (shapes, dtypes, devices, which arguments
 are ``None``), on first use, in a fraction of a second. It holds the module's parameters themselves, not
-copies: weights loaded or trained in place are used at once. Only inference in float32 is traced; with
-gradients on or under autocast (bfloat16) the call runs eagerly. TorchScript is deprecated in recent
+copies: weights loaded or trained in place are used at once, and a network that is dropped takes its
+traces with it. Only inference in float32 is traced; with gradients on or under autocast (bfloat16) the
+call runs eagerly. TorchScript is deprecated in recent
 PyTorch; its successor, ``torch.compile``, takes tens of seconds per network on a CPU, longer than a
 short rollout. Where a trace fails (a PyTorch without TorchScript, say), the call runs eagerly from
 then on, after one warning.
@@ -18,6 +19,7 @@ then on, after one warning.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -57,7 +59,9 @@ class TracedCalls:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._traces: dict[tuple, tuple[nn.Module, torch.jit.ScriptModule | None]] = {}
+        # Keyed by the module's id; an entry goes when its module does (weakref callback), so a network
+        # replaced on the world model (model.refiner = other) neither keeps the old one alive nor lends it its id.
+        self._traces: dict[tuple, tuple[weakref.ref, torch.jit.ScriptModule | None]] = {}
 
     def __call__(self, method: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
         module = getattr(method, "__self__", None)
@@ -65,8 +69,9 @@ class TracedCalls:
                 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
             return method(*args)
         key = (id(module), method.__name__, _signature(args))
-        if key not in self._traces:  # the entry holds the module, so its id is not reused while traced
-            self._traces[key] = (module, self._trace(module, method.__name__, args))
+        if key not in self._traces:
+            self._traces[key] = (weakref.ref(module, lambda _, key=key: self._traces.pop(key, None)),
+                                 self._trace(module, method.__name__, args))
         trace = self._traces[key][1]
         if trace is None:  # tracing failed once: eager from then on
             return method(*args)
