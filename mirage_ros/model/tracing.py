@@ -10,10 +10,9 @@ A trace is taken per network method and per input signature (shapes, dtypes, dev
 are ``None``), on first use, in a fraction of a second. It holds the module's parameters themselves, not
 copies: weights loaded or trained in place are used at once, and a network that is dropped takes its
 traces with it. Only inference in float32 is traced; with gradients on or under autocast (bfloat16) the
-call runs eagerly. TorchScript is deprecated in recent
-PyTorch; its successor, ``torch.compile``, takes tens of seconds per network on a CPU, longer than a
-short rollout. Where a trace fails (a PyTorch without TorchScript, say), the call runs eagerly from
-then on, after one warning.
+call runs eagerly. TorchScript is deprecated in recent PyTorch; its successor, ``torch.compile``, takes
+tens of seconds per network on a CPU, longer than a short rollout. Where a trace fails (a PyTorch without
+TorchScript, say), that call runs eagerly from then on, after one warning.
 """
 
 from __future__ import annotations

@@ -369,12 +369,12 @@ class WorldModel:
         grid = torch.zeros(cameras, h, w, device=self.device)
         with self._autocast():
             for batch in sorted({1, cameras}):  # cameras sharing a noise schedule are denoised together
-                self.traced(self.denoiser.forward, latent[:batch], grid[:batch, 0, 0], latent[:batch], grid[:batch],
-                            grid[:batch], latent[:batch], torch.zeros(batch, MOTION_FEATURES, device=self.device))
+                sigma, motion = torch.zeros(batch, device=self.device), torch.zeros(batch, MOTION_FEATURES, device=self.device)
+                self.traced(self.denoiser.forward, latent[:batch], sigma, latent[:batch], grid[:batch], grid[:batch],
+                            latent[:batch], motion)
             self.traced(self.autoencoder.decode_raw, latent)
             if self.refiner is not None:  # redraws one camera's read at a time
-                fine = None
-                factor = self.refiner.config.supersample
+                fine, factor = None, self.refiner.config.supersample
                 if factor > 1:
                     fine_latent = torch.zeros(1, latent.shape[1], h * factor, w * factor, device=self.device)
                     fine_grid = fine_latent[:, 0]
@@ -472,9 +472,9 @@ class WorldModel:
         if not bool((weight > 0).any()):  # nothing to redraw (e.g. a revisit): skip the network
             return view
         normalize = self.autoencoder.normalize_read_depth
-        fine = None
-        if self.refiner.config.supersample > 1:  # read only now: most steps with new content skip the refiner
-            read = self.memory.read_supersampled(cam_to_world, self.K, self.image_size, self.refiner.config.supersample)
+        fine, factor = None, self.refiner.config.supersample
+        if factor > 1:  # read only now: most steps with new content skip the refiner
+            read = self.memory.read_supersampled(cam_to_world, self.K, self.image_size, factor)
             fine = tuple(tensor[None] for tensor in (read.latent, read.coverage.float(),
                                                      normalize(read.depth, read.coverage), read.alignment))
         with self._autocast():
