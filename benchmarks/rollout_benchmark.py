@@ -1,6 +1,7 @@
 """Offline rollout speed: sim seconds written to an MCAP bag per wall-clock second, side by side for
-float32 network arithmetic with traced networks (the default), float32 eager and bfloat16 (shipped model,
-``config/sim.yaml``, the demo tour). The first two write identical bags.
+the networks traced in float32, eager in float32 and traced in bfloat16 (shipped model, ``config/sim.yaml``,
+the demo tour; its ``precision: auto`` is bfloat16 where the hardware runs it natively, else float32). The
+first two write identical bags.
 
     .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda]
 

@@ -49,6 +49,19 @@ def test_traced_calls_match_eager_and_trace_once_per_signature():
         assert torch.equal(calls(net.forward, x, extra), net(x, extra))
 
 
+def test_a_network_computes_in_its_weights_dtype_and_answers_in_float32():
+    torch.manual_seed(0)
+    net, calls = Blend().eval(), TracedCalls()
+    x, extra = torch.randn(1, 3, 8, 8), (torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8))
+    half = torch.nn.Module.to(Blend(), torch.bfloat16).eval()
+    half.load_state_dict(net.state_dict())
+    with torch.inference_mode():
+        expected = half(x.bfloat16(), tuple(t.bfloat16() for t in extra)).float()  # inputs cast, tuples too
+        output = calls(half.forward, x, extra)
+        assert output.dtype == torch.float32 and torch.equal(output, expected) and calls.num_traces == 1
+        assert (output - net(x, extra)).abs().max() < 0.1  # bfloat16 rounding, not another function
+
+
 def test_a_module_that_is_gone_leaves_no_trace_behind():
     net, calls = Blend().eval(), TracedCalls()
     with torch.inference_mode():
@@ -64,7 +77,7 @@ def test_traced_calls_run_eagerly_with_gradients_under_autocast_or_when_disabled
     calls = TracedCalls()
     assert calls(net.forward, x).requires_grad  # training: eager, gradients flow
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert calls(net.forward, x).dtype == torch.bfloat16
+        assert calls(net.forward, x).dtype == torch.float32  # computed in bfloat16, handed back in float32
     assert calls.num_traces == 0
     disabled = TracedCalls(enabled=False)
     with torch.inference_mode():

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
 
 from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
@@ -164,8 +165,12 @@ class WorldModel:
     ``refiner``: redraws latent memory reads for the viewpoint they are read from (``None``: remembered
     tokens are decoded as read, a mosaic wherever the view differs from the one that wrote them).
 
-    ``trace_networks``: the networks run as recorded graphs where they compute in float32 (``traced``,
-    ``tracing.py``: bit-identical results, ~40 % faster denoiser on a CPU); ``False``: plain eager PyTorch.
+    ``precision``: the networks' arithmetic (``PRECISIONS``): their weights are cast to it, as diffusers'
+    ``torch_dtype`` does (networks shared with another world model are cast for it too); memory, geometry
+    and every output stay float32.
+
+    ``trace_networks``: the networks run as recorded graphs (``traced``, ``tracing.py``: bit-identical
+    results, ~40 % faster denoiser on a CPU); ``False``: plain eager PyTorch.
     """
 
     def __init__(self, autoencoder: RGBDAutoencoder, denoiser: MemoryConditionedDenoiser,
@@ -176,15 +181,14 @@ class WorldModel:
                  trace_networks: bool = True) -> None:
         self.device = torch.device(device)
         self.compute_dtype = resolve_precision(precision, self.device)
-        self.autoencoder = autoencoder.to(self.device).eval()
-        self.denoiser = denoiser.to(self.device).eval()
-        self.refiner = refiner.to(self.device).eval() if refiner is not None else None
-        self.traced = TracedCalls(enabled=trace_networks)
-        if self.device.type == "cpu":
-            # oneDNN convolutions run faster on channels-last (NHWC) weights on a CPU.
-            for module in (self.autoencoder, self.denoiser, self.refiner):
-                if module is not None:
+        for module in (autoencoder, denoiser, refiner):
+            if module is not None:
+                # nn.Module.to: every weight is cast (diffusers' own .to() warns about mixed-precision modules).
+                nn.Module.to(module.eval(), self.device, self.compute_dtype)
+                if self.device.type == "cpu":  # oneDNN convolutions run faster on channels-last (NHWC) weights
                     module.to(memory_format=torch.channels_last)
+        self.autoencoder, self.denoiser, self.refiner = autoencoder, denoiser, refiner
+        self.traced = TracedCalls(enabled=trace_networks)
         self.image_size = tuple(image_size)
         factor = autoencoder.downsample_factor
         if self.image_size[0] % factor or self.image_size[1] % factor:
@@ -199,7 +203,7 @@ class WorldModel:
         self.floor_height = floor_height
         self._rays = RayCache(self.device)
         self.memory: SpatialMemory = build_memory(memory, self.memory_config, denoiser.config.latent_channels,
-                                                  self._encode, self.device)
+                                                  self.encode, self.device)
         self.K: np.ndarray | None = None
         self._cameras: list[CameraTrack] = []  # camera 0 first; empty before reset / load_memory
         self._generator = torch.Generator(device=self.device)
@@ -263,15 +267,15 @@ class WorldModel:
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.denoiser.config.num_train_timesteps,
                                                          stochastic_sampling=config.stochastic_sampling)
 
-    def _autocast(self) -> torch.autocast:
-        """Network arithmetic in ``compute_dtype``; memory, geometry and outputs stay float32."""
-        return torch.autocast(self.device.type, dtype=self.compute_dtype,
-                              enabled=self.compute_dtype != torch.float32)
+    def encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B,C,h,w]`` float32 of ``rgb [B,3,H,W]`` in [0,1] and metric ``depth [B,H,W]`` (on the
+        model's device), as the memory stores them, whatever the networks' precision."""
+        return self.traced(self.autoencoder.encode, rgb, depth)
 
-    def _encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B,C,h,w]`` float32 of ``rgb [B,3,H,W]`` in [0,1] and metric ``depth [B,H,W]``."""
-        with self._autocast():
-            return self.traced(self.autoencoder.encode, rgb, depth).float()
+    def decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rgb [B,3,H,W]`` in [0,1] and metric ``depth [B,H,W]``, float32, of latents ``[B,C,h,w]``
+        (as decoded, before the memory's depth composition and the floor clamp of a step)."""
+        return self.autoencoder.split_output(self.traced(self.autoencoder.decode_raw, latent))
 
     # ------------------------------------------------------------------ observations
     @torch.inference_mode()
@@ -305,7 +309,7 @@ class WorldModel:
     def _observe(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> int:
         rgb_t, depth_t = resize_observation(rgb, depth, self.image_size)
         rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
-        latent = self._encode(rgb_t[None], depth_t[None])[0]
+        latent = self.encode(rgb_t[None], depth_t[None])[0]
         written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world, observed=True), view=None)
         self.K = K
         self._cameras[:1] = [CameraTrack(latent, cam_to_world)]
@@ -367,19 +371,18 @@ class WorldModel:
         cameras, (h, w) = len(self._cameras), self.latent_size
         latent = torch.zeros(cameras, self.denoiser.config.latent_channels, h, w, device=self.device)
         grid = torch.zeros(cameras, h, w, device=self.device)
-        with self._autocast():
-            for batch in sorted({1, cameras}):  # cameras sharing a noise schedule are denoised together
-                sigma, motion = torch.zeros(batch, device=self.device), torch.zeros(batch, MOTION_FEATURES, device=self.device)
-                self.traced(self.denoiser.forward, latent[:batch], sigma, latent[:batch], grid[:batch], grid[:batch],
-                            latent[:batch], motion)
-            self.traced(self.autoencoder.decode_raw, latent)
-            if self.refiner is not None:  # redraws one camera's read at a time
-                fine, factor = None, self.refiner.config.supersample
-                if factor > 1:
-                    fine_latent = torch.zeros(1, latent.shape[1], h * factor, w * factor, device=self.device)
-                    fine_grid = fine_latent[:, 0]
-                    fine = (fine_latent, fine_grid, fine_grid, fine_latent[:, :ALIGNMENT_CHANNELS])
-                self.traced(self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine)
+        for batch in sorted({1, cameras}):  # cameras sharing a noise schedule are denoised together
+            sigma, motion = torch.zeros(batch, device=self.device), torch.zeros(batch, MOTION_FEATURES, device=self.device)
+            self.traced(self.denoiser.forward, latent[:batch], sigma, latent[:batch], grid[:batch], grid[:batch],
+                        latent[:batch], motion)
+        self.traced(self.autoencoder.decode_raw, latent)
+        if self.refiner is not None:  # redraws one camera's read at a time
+            fine, factor = None, self.refiner.config.supersample
+            if factor > 1:
+                fine_latent = torch.zeros(1, latent.shape[1], h * factor, w * factor, device=self.device)
+                fine_grid = fine_latent[:, 0]
+                fine = (fine_latent, fine_grid, fine_grid, fine_latent[:, :ALIGNMENT_CHANNELS])
+            self.traced(self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine)
 
     # ------------------------------------------------------------------ the loop
     def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
@@ -418,15 +421,12 @@ class WorldModel:
                                             torch.stack([view.depth for view in views]),
                                             torch.stack([track.context for track in self._cameras]), motion,
                                             self.autoencoder)
-        with self._autocast():
-            output = sample_latent(partial(self.traced, self.denoiser.forward), self.scheduler, condition,
-                                   self.sampling, self._generator)
+        output = sample_latent(partial(self.traced, self.denoiser.forward), self.scheduler, condition,
+                               self.sampling, self._generator)
         timings.denoise = self._clock() - started
 
         started = self._clock()
-        with self._autocast():
-            raw = self.traced(self.autoencoder.decode_raw, output.latent)
-        rgbs, depths = self.autoencoder.split_output(raw.float())  # metric depth computed in float32
+        rgbs, depths = self.decode(output.latent)
         frames = []
         for rgb, depth, latent, view, pose in zip(rgbs, depths, output.latent, views, poses):
             if view.surfaces is not None:
@@ -477,9 +477,8 @@ class WorldModel:
             read = self.memory.read_supersampled(cam_to_world, self.K, self.image_size, factor)
             fine = tuple(tensor[None] for tensor in (read.latent, read.coverage.float(),
                                                      normalize(read.depth, read.coverage), read.alignment))
-        with self._autocast():
-            refined = self.traced(self.refiner.forward, view.latent[None], view.coverage[None].float(),
-                                  normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0].float()
+        refined = self.traced(self.refiner.forward, view.latent[None], view.coverage[None].float(),
+                              normalize(view.depth, view.coverage)[None], view.alignment[None], fine)[0]
         surfaces = view.surfaces
         if surfaces is not None:  # a redrawn token is at this view's scale; a kept one at its writer's
             surfaces = replace(surfaces, cell_scale=surfaces.cell_scale ** (1 - weight))

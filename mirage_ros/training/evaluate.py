@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
-from mirage_ros.model.world_model import PRECISIONS, WorldModel
+from mirage_ros.model.world_model import PRECISIONS, WorldModel, resolve_precision
 from mirage_ros.training.metrics import (INSIDE_DEPTH, INSIDE_SHARE, camera_inside_surface, depth_abs_rel,
                                          heights_above_floor, psnr, reprojection_psnr, seam_ratio, ssim, visible_in)
 from mirage_ros.training.realism import frame_tensor, two_sample_accuracy
@@ -295,7 +295,7 @@ def autoencode(model: WorldModel, rgb: np.ndarray, depth: np.ndarray) -> tuple[n
     """An RGB-D frame through the model's autoencoder alone (encode, decode)."""
     device = model.device
     rgb_t = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float() / 255.0
-    rgb_out, depth_out = model.autoencoder.decode(model.autoencoder.encode(rgb_t, torch.from_numpy(depth).to(device)[None]))
+    rgb_out, depth_out = model.decode(model.encode(rgb_t, torch.from_numpy(depth).to(device)[None]))
     return ((rgb_out[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy(),
             depth_out[0].float().cpu().numpy())
 
@@ -350,7 +350,9 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
         "# World model evaluation", "",
         f"Checkpoint: `{args.checkpoint or 'shipped default'}`; held-out test worlds: "
         f"{', '.join(map(str, seeds_for('test', args.worlds)))}; out-and-back trajectories of {args.frames} frames; "
-        f"seed {args.seed}; device {args.device}, {args.precision} precision; {platform.processor() or platform.machine()}, "
+        f"seed {args.seed}; device {args.device}, {args.precision} precision "
+        f"({str(resolve_precision(args.precision, torch.device(args.device))).removeprefix('torch.')} here); "
+        f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads; evaluation took {elapsed:.0f} s.", "",
         "| variant | loop-closure PSNR (dB) | observed PSNR (dB) | observed SSIM | observed depth AbsRel | frames "
         "| covered-frame PSNR (dB) | frames | step ms (read / denoise / decode / write = total) |",

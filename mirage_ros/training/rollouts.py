@@ -47,8 +47,8 @@ def roll_out_sequences(model: WorldModel, sequences: SequenceDataset, anchor_eve
                     model.observe(rgb[i], depth[i], K, pose)
                 true_rgb = torch.from_numpy(rgb[i:i + 1]).permute(0, 3, 1, 2).float() / 255.0
                 with torch.inference_mode():
-                    sequence_latents.append(model.autoencoder.encode(
-                        true_rgb.to(model.device), torch.from_numpy(depth[i:i + 1]).to(model.device)).float().cpu()[0])
+                    sequence_latents.append(model.encode(
+                        true_rgb.to(model.device), torch.from_numpy(depth[i:i + 1]).to(model.device)).cpu()[0])
                 sequence_depths.append(torch.from_numpy(depth[i]))
                 sequence_colours.append(torch.from_numpy(rgb[i]))
                 continue
