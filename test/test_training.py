@@ -92,7 +92,8 @@ def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_aver
     rollouts = load_sequences(dn / "rollouts.safetensors", {"split": "train"})
     truth = load_sequences(dn / "latents.safetensors", {"split": "train"})
     assert len(rollouts) == 2 and all(r.shape == t.shape == (8, 4, 8, 8) for r, t in zip(rollouts.latents, truth.latents))
-    assert torch.allclose(rollouts.latents[0][0].float(), truth.latents[0][0].float(), atol=1e-2)  # the true start
+    # The true start, encoded as the simulator encodes it (``auto``: in bfloat16 where the CPU has it natively).
+    assert torch.allclose(rollouts.latents[0][0].float(), truth.latents[0][0].float(), atol=5e-2)
     assert not torch.allclose(rollouts.latents[0][1:].float(), truth.latents[0][1:].float(), atol=1e-2)  # generated
     assert len(losses(dn)) == 6
 

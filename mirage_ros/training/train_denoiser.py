@@ -80,12 +80,12 @@ def denoiser_loss(model: MemoryConditionedDenoiser, batch: dict,
 
 def rollout_model(checkpoint: Path, autoencoder: RGBDAutoencoder, seed: int) -> WorldModel:
     """The world model at ``checkpoint`` as the simulator runs it (floor known, ``auto`` precision); it
-    must share the autoencoder the denoiser trains with."""
-    model = WorldModel.from_pretrained(checkpoint, seed=seed, floor_height=FLOOR_HEIGHT, precision="auto")
-    if weights_fingerprint(model.autoencoder) != weights_fingerprint(autoencoder):
+    must share the autoencoder the denoiser trains with (compared as stored: ``auto`` may cast the model's)."""
+    if weights_fingerprint(load_component(RGBDAutoencoder, Path(checkpoint) / "autoencoder")) != \
+            weights_fingerprint(autoencoder):
         raise ValueError(f"{checkpoint}: its autoencoder is not --autoencoder; its rollouts would live in "
                          "another latent space")
-    return model
+    return WorldModel.from_pretrained(checkpoint, seed=seed, floor_height=FLOOR_HEIGHT, precision="auto")
 
 
 def main(argv: list[str] | None = None) -> int:
