@@ -112,3 +112,18 @@ def test_two_sample_test_is_at_chance_for_the_same_frames_and_certain_for_differ
     config = RealismConfig(steps=80)
     assert two_sample_accuracy(true, same, groups, config=config) <= 0.65
     assert two_sample_accuracy(true, different, groups, config=config) >= 0.9
+
+
+def test_depth_step_share_counts_obstacle_borders_not_slopes_or_missing_depth():
+    from mirage_ros.training.metrics import depth_step_share
+
+    floor = np.tile(np.linspace(0.5, 5.0, 128)[:, None], (1, 16))  # a smooth slope: no step anywhere
+    assert depth_step_share(floor) == 0.0
+    wall = np.full((16, 16), 4.0)
+    wall[:, 8:] = 1.0  # one vertical border: 16 of the 480 neighbour pairs
+    assert depth_step_share(wall) == pytest.approx(16 / 480)
+    jagged = wall.copy()
+    jagged[::2, 7] = 1.0  # a ragged border has more of them
+    assert depth_step_share(jagged) > depth_step_share(wall)
+    sky = np.full((16, 16), np.nan)  # nothing hit anywhere: read as far, no border
+    assert depth_step_share(sky) == 0.0

@@ -46,8 +46,9 @@ from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.model.world_model import PRECISIONS, WorldModel, resolve_precision
-from mirage_ros.training.metrics import (INSIDE_DEPTH, INSIDE_SHARE, camera_inside_surface, depth_abs_rel,
-                                         heights_above_floor, psnr, reprojection_psnr, seam_ratio, ssim, visible_in)
+from mirage_ros.training.metrics import (DEPTH_STEP, INSIDE_DEPTH, INSIDE_SHARE, camera_inside_surface, depth_abs_rel,
+                                         depth_step_share, heights_above_floor, psnr, reprojection_psnr, seam_ratio,
+                                         ssim, visible_in)
 from mirage_ros.training.realism import frame_tensor, two_sample_accuracy
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
@@ -112,7 +113,8 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     reconstruction = {"psnr": [], "ssim": [], "absrel": []}
     replayed = {variant: {"psnr": [], "absrel": []} for variant in REPLAY_VARIANTS}
     long = {"true": [], "generated": [], "reconstructed": [], "group": [], "last_third": [], "late_rgb": [],
-            "late_depth": [], "reprojection": [], "truth_reprojection": [], "inside": [], "truth_inside": []}
+            "late_depth": [], "reprojection": [], "truth_reprojection": [], "inside": [], "truth_inside": [],
+            "depth_steps": [], "truth_depth_steps": []}
     examples = {}
     for world_seed in seeds_for("test", worlds):
         world = generate_world(world_seed)
@@ -189,7 +191,9 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
         "reprojection_psnr_db": float(np.mean([v for v in long["reprojection"] if v is not None])),
         "truth_reprojection_psnr_db": float(np.mean([v for v in long["truth_reprojection"] if v is not None])),
         "inside_surface_share": float(np.mean(long["inside"])),
-        "truth_inside_surface_share": float(np.mean(long["truth_inside"]))}
+        "truth_inside_surface_share": float(np.mean(long["truth_inside"])),
+        "depth_step_share": float(np.mean(long["depth_steps"])),
+        "truth_depth_step_share": float(np.mean(long["truth_depth_steps"]))}
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
@@ -213,6 +217,8 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
             long["group"].append(world_seed)
             long["inside"].append(camera_inside_surface(out["depth"][t]))
             long["truth_inside"].append(camera_inside_surface(truth[t][1]))
+            long["depth_steps"].append(depth_step_share(out["depth"][t]))
+            long["truth_depth_steps"].append(depth_step_share(truth[t][1]))
             late = t >= 2 * frames // 3
             long["last_third"].append(late)
             if late:
@@ -377,7 +383,9 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
               f"| consecutive frames reprojected with their own depth: RGB PSNR over consistent pixels (dB) | "
               f"{g['reprojection_psnr_db']:.2f} | {g['truth_reprojection_psnr_db']:.2f} (truth) |",
               f"| frames with the camera inside a surface (over {INSIDE_SHARE:.0%} of the image nearer than "
-              f"{INSIDE_DEPTH} m) | {g['inside_surface_share']:.1%} | {g['truth_inside_surface_share']:.1%} (truth) |"]
+              f"{INSIDE_DEPTH} m) | {g['inside_surface_share']:.1%} | {g['truth_inside_surface_share']:.1%} (truth) |",
+              f"| neighbouring pixels with a depth step over {DEPTH_STEP} in log depth (what a costmap reads as obstacle "
+              f"borders) | {g['depth_step_share']:.2%} | {g['truth_depth_step_share']:.2%} (truth) |"]
     lines += ["", f"Replay: memory built from a {MAPPING_FRAMES}-frame ground-truth mapping run "
               "(`WorldModel.reset` + `observe`), then another route of "
               f"{REPLAY_FRAMES} frames; scored on the pixels the mapping run saw, in frames where they are at least "

@@ -131,6 +131,20 @@ def camera_inside_surface(depth: np.ndarray) -> bool:
     return bool(np.mean(np.nan_to_num(depth, nan=np.inf) < INSIDE_DEPTH) > INSIDE_SHARE)
 
 
+#: A depth step between neighbouring pixels larger than this (relative, in log depth: ~16 %) is an edge a
+#: costmap would read as the border of an obstacle.
+DEPTH_STEP = 0.15
+
+
+def depth_step_share(depth: np.ndarray) -> float:
+    """Share of neighbouring pixel pairs of ``depth [H,W]`` (m; NaN: nothing hit, read as far) whose log
+    depth differs by more than ``DEPTH_STEP``: how much of the image is obstacle border. True frames have
+    them only where objects end; jagged imagined depth has many more."""
+    log_depth = np.log(np.clip(np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=np.inf), 1e-3, 1e3))
+    steps = [np.abs(np.diff(log_depth, axis=axis)) > DEPTH_STEP for axis in (0, 1)]
+    return float(sum(step.sum() for step in steps) / sum(step.size for step in steps))
+
+
 def seam_gradients(image: np.ndarray, cell: int = 8) -> tuple[float, float]:
     """Mean absolute neighbour difference of ``image [H,W]`` across the borders of ``cell``-pixel
     latent cells, and everywhere else. Their ratio is the token-seam ratio: about 1 for images without
