@@ -27,6 +27,9 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     # The test worlds' free-space drives keep the true camera out of walls; the figure is a share of frames.
     assert long["truth_inside_surface_share"] == 0.0 and 0.0 <= long["inside_surface_share"] <= 1.0
     assert "camera inside a surface" in (output / "report.md").read_text()
+    # True rooms have obstacle borders, but on few pixel pairs; an untrained model's depth has more.
+    assert 0.0 < long["truth_depth_step_share"] < 0.05 and long["depth_step_share"] > long["truth_depth_step_share"]
+    assert "obstacle borders" in (output / "report.md").read_text()
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}
