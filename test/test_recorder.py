@@ -45,7 +45,13 @@ class RecorderProcess:
     def stop(self) -> str:
         """Ctrl-C: the recorder finishes; it must exit cleanly, with no rosout error on the way out."""
         self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # fail with what the recorder said, not a bare timeout
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.reader.join(timeout=10)
+            pytest.fail("mirage_record did not exit within 60 s of Ctrl-C; its console:\n" + "".join(self.lines))
         self.reader.join(timeout=10)
         output = "".join(self.lines)
         assert self.process.returncode == 0, output
