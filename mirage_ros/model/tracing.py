@@ -80,13 +80,15 @@ class TracedCalls:
 
     def __call__(self, method: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
         module = getattr(method, "__self__", None)
-        weight = next(module.parameters(), None) if isinstance(module, nn.Module) else None
+        if not isinstance(module, nn.Module):
+            return method(*args)
+        weight = next(module.parameters(), None)
         if weight is not None and weight.is_floating_point():
             args = _cast(args, weight.dtype)
         return _cast(self._call(module, method, args), torch.float32)
 
-    def _call(self, module: Any, method: Callable[..., torch.Tensor], args: tuple) -> Any:
-        if (not self.enabled or not isinstance(module, nn.Module) or torch.is_grad_enabled()
+    def _call(self, module: nn.Module, method: Callable[..., torch.Tensor], args: tuple) -> Any:
+        if (not self.enabled or torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
             return method(*args)
         key = (id(module), method.__name__, _signature(args))
