@@ -56,7 +56,8 @@ def depth_to_scan(depth: np.ndarray, K: np.ndarray, camera_to_base: np.ndarray, 
     distance = np.hypot(base[:, 0], base[:, 1])
     bearing = np.arctan2(base[:, 1], base[:, 0])
     # Beam i looks along angle_min + i * increment and takes the points within half an increment.
-    index = np.round(np.angle(np.exp(1j * (bearing - angle_min))) / config.angle_increment).astype(int)
+    offset = np.mod(bearing - angle_min + math.pi, 2 * math.pi) - math.pi  # wrapped to [-pi, pi)
+    index = np.round(offset / config.angle_increment).astype(int)
     keep = (index >= 0) & (index < count) & (distance >= config.range_min) & (distance <= config.range_max)
     np.minimum.at(ranges, index[keep], distance[keep])
     return angle_min, angle_min + (count - 1) * config.angle_increment, ranges.astype(np.float32)

@@ -1,5 +1,5 @@
-"""Traced network calls (model/tracing.py): bit-identical to eager PyTorch, one trace per input signature,
-eager where tracing does not apply or fails."""
+"""Traced network calls (model/tracing.py): bit-identical to eager PyTorch, one trace per input signature
+(taken on its second call), eager where tracing does not apply or fails."""
 
 import gc
 
@@ -37,12 +37,18 @@ def test_traced_calls_match_eager_and_trace_once_per_signature():
     x, extra = torch.randn(1, 3, 8, 8), (torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8))
     with torch.inference_mode():
         assert torch.equal(calls(net.forward, x, None), net(x, None))
-        assert torch.equal(calls(net.forward, x, extra), net(x, extra))
+        assert calls.num_traces == 0  # a first call runs eagerly
+        assert torch.equal(calls(net.forward, x, None), net(x, None))
+        assert calls.num_traces == 1  # the second traces
+        for _ in range(2):
+            assert torch.equal(calls(net.forward, x, extra), net(x, extra))
         assert calls.num_traces == 2  # None and a tuple in the same place are different signatures
         calls(net.forward, torch.randn(1, 3, 8, 8), None)
         assert calls.num_traces == 2  # new values, same signature: the same trace
         batch = torch.randn(2, 3, 8, 8)
-        assert torch.equal(calls(net.forward, batch, None), net(batch, None)) and calls.num_traces == 3
+        for _ in range(2):
+            assert torch.equal(calls(net.forward, batch, None), net(batch, None))
+        assert calls.num_traces == 3
     with torch.no_grad():
         net.conv.weight.mul_(-1.0)  # trained or loaded in place: the traces hold the parameters themselves
     with torch.inference_mode():
@@ -57,15 +63,19 @@ def test_a_network_computes_in_its_weights_dtype_and_answers_in_float32():
     half.load_state_dict(net.state_dict())
     with torch.inference_mode():
         expected = half(x.bfloat16(), tuple(t.bfloat16() for t in extra)).float()  # inputs cast, tuples too
-        output = calls(half.forward, x, extra)
-        assert output.dtype == torch.float32 and torch.equal(output, expected) and calls.num_traces == 1
-        assert (output - net(x, extra)).abs().max() < 0.1  # bfloat16 rounding, not another function
+        eager = calls(half.forward, x, extra)
+        assert eager.dtype == torch.float32 and torch.equal(eager, expected)
+        traced = calls(half.forward, x, extra)  # on a CPU: fused by oneDNN, equal up to bfloat16 rounding
+        assert traced.dtype == torch.float32 and calls.num_traces == 1
+        assert (traced - expected).abs().max() <= 0.02 * expected.abs().max()
+        assert (traced - net(x, extra)).abs().max() < 0.1  # bfloat16 rounding, not another function
 
 
 def test_a_module_that_is_gone_leaves_no_trace_behind():
     net, calls = Blend().eval(), TracedCalls()
     with torch.inference_mode():
-        calls(net.forward, torch.randn(1, 3, 8, 8))
+        for _ in range(2):
+            calls(net.forward, torch.randn(1, 3, 8, 8))
     assert calls.num_traces == 1
     del net  # e.g. a world model's refiner replaced by another
     gc.collect()
@@ -88,6 +98,7 @@ def test_traced_calls_run_eagerly_with_gradients_under_autocast_or_when_disabled
 def test_a_call_that_cannot_be_traced_warns_once_and_runs_eagerly():
     net, x, calls = Blend(), torch.randn(1, 3, 8, 8), TracedCalls()
     with torch.inference_mode():
+        assert calls(net.describe, x) == str(x.shape)  # a first call: eager, no attempt to trace
         with pytest.warns(RuntimeWarning, match="could not trace Blend.describe"):
             assert calls(net.describe, x) == str(x.shape)  # a string is no traceable output
         assert calls(net.describe, x) == str(x.shape)  # no second attempt, no second warning
@@ -118,10 +129,10 @@ def test_shipped_model_traced_and_warmed_up_is_bit_identical_to_eager():
         model = WorldModel.from_pretrained(seed=0, precision="float32", floor_height=0.0,
                                            trace_networks=trace_networks)
         model.reset(rgb, depth, K, cam_to_world[0])
-        if trace_networks:  # the encoder (reset), then the denoiser, the decoder and the read refiner
+        if trace_networks:  # the denoiser, the decoder and the read refiner (the encoder ran once, eagerly)
             model.warm_up()
-            assert model.traced.num_traces == 4
+            assert model.traced.num_traces == 3
         frames.append([model.step(pose) for pose in cam_to_world[1:]])
-        assert model.traced.num_traces == (4 if trace_networks else 0)  # the steps needed no other trace
+        assert model.traced.num_traces == (3 if trace_networks else 0)  # the steps needed no other trace
     for traced, eager in zip(*frames):
         assert np.array_equal(traced.rgb, eager.rgb) and np.array_equal(traced.depth, eager.depth)

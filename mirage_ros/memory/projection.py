@@ -276,7 +276,7 @@ class RememberedSurfaces:
         usable = (torch.isfinite(candidate) & (candidate > 0) & (weight > 0)  # weight 0: repeats at the border
                   & ((candidate - centres).abs() <= max_deviation * centres))
         candidate = torch.where(usable, candidate, torch.full_like(candidate, float("inf")))
-        best = candidate.gather(0, (candidate - guide).abs().argmin(0, keepdim=True))[0]
+        best = nearest_candidate(candidate, guide)
         together_weight = weight * (usable & ((candidate - best).abs() <= same_surface * best))
         blended = (together_weight * torch.where(together_weight > 0, candidate, torch.zeros_like(candidate))).sum(0)
         blended = blended / together_weight.sum(0).clamp_min(1e-12)
@@ -285,6 +285,18 @@ class RememberedSurfaces:
         generated = decoded.float()
         correction = extend_correction(torch.log(remembered / generated), covered, CORRECTION_SPREAD * (height // h))
         return torch.where(covered, remembered, generated * correction.exp()).to(decoded.dtype)
+
+
+def nearest_candidate(candidates: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Of ``candidates [K,H,W]``, the one nearest ``target [H,W]`` at each pixel (the first on ties):
+    ``argmin`` over the leading dimension, in K - 1 elementwise passes, a tenth of the time of PyTorch's
+    CPU ``argmin(0)`` on a 4x128x128 stack."""
+    best, best_distance = candidates[0], (candidates[0] - target).abs()
+    for candidate in candidates[1:]:
+        distance = (candidate - target).abs()
+        nearer = distance < best_distance
+        best, best_distance = torch.where(nearer, candidate, best), torch.where(nearer, distance, best_distance)
+    return best
 
 
 def extend_correction(log_correction: torch.Tensor, known: torch.Tensor, sigma: float,
@@ -302,13 +314,23 @@ def extend_correction(log_correction: torch.Tensor, known: torch.Tensor, sigma: 
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``image [H,W]`` blurred by a separable Gaussian (zero outside the image)."""
+    """``image [H,W]`` blurred by a separable Gaussian (zero outside the image): two matrix products with
+    banded matrices, which a CPU runs ~10x faster than PyTorch's single-channel ``conv2d``."""
+    height, width = image.shape
+    return (_blur_matrix(height, float(sigma), image.dtype, image.device) @ image
+            @ _blur_matrix(width, float(sigma), image.dtype, image.device).T)
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[size,size]``: row i holds the normalised Gaussian taps (radius ``ceil(3 sigma)``) centred on i,
+    cut at the borders (zero padding)."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    blurred = F.conv2d(image[None, None], kernel.view(1, 1, 1, -1), padding=(0, radius))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1), padding=(radius, 0))[0, 0]
+    position = torch.arange(size, dtype=torch.float64, device=device)
+    offset = position[None, :] - position[:, None]
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64, device=device) / sigma) ** 2)
+    weight = torch.exp(-0.5 * (offset / sigma) ** 2) / taps.sum()
+    return torch.where(offset.abs() <= radius, weight, torch.zeros_like(weight)).to(dtype)
 
 
 def window_median(values: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ bit-identical to eager PyTorch, and the denoiser takes ~40 % less time (the deco
 arithmetic, ~10 %).
 
 A trace is taken per network method and per input signature (shapes, dtypes, devices, which arguments
-are ``None``), on first use, in a fraction of a second. It holds the module's parameters themselves, not
+are ``None``) on its second use, in a fraction of a second: a call made once (encoding a rollout's start
+observation) runs eagerly and pays for no trace. A trace holds the module's parameters themselves, not
 copies: weights loaded or trained in place are used at once, and a network that is dropped takes its
 traces with it. With gradients on or under autocast the call runs eagerly. TorchScript is deprecated in
 recent PyTorch; its successor, ``torch.compile``, takes tens of seconds per network on a CPU, longer than
@@ -18,7 +19,10 @@ A network computes in its weights' dtype: floating-point inputs are cast to it a
 float32, so a world model in bfloat16 (its networks cast once, as diffusers' ``torch_dtype`` does) keeps
 its memory and geometry in float32. Weights cast once, rather than per operation as ``torch.autocast``
 does, are what make bfloat16 pay on a CPU with native bfloat16 (AVX-512 BF16, AMX): the decoder takes
-two thirds of the float32 time there, the denoiser five sixths.
+two thirds of the float32 time there, the denoiser five sixths. The trace of a bfloat16 network on a CPU
+is also optimised with oneDNN's graph fusion (convolutions fused with the normalisations and activations
+around them): the denoiser takes another ~25 % less time, the decoder ~7 %; its results differ from
+eager bfloat16 by bfloat16 rounding. In float32 fusion is slower, and float32 traces stay bit-identical.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def _signature(value: Any) -> Any:
     raise TypeError(f"traced calls take tensors, tuples of tensors or None, got {type(value).__name__}")
 
 
+#: A signature called once so far, eagerly: its second call traces it.
+_CALLED_ONCE = object()
+
+
 class _MethodCall(nn.Module):
     """``module.<name>(*args)`` as a module to trace; ``None`` arguments are fixed, not traced inputs."""
 
@@ -76,7 +84,7 @@ class TracedCalls:
         self.enabled = enabled
         # Keyed by the module's id; an entry goes when its module does (weakref callback), so a network
         # replaced on the world model (model.refiner = other) neither keeps the old one alive nor lends it its id.
-        self._traces: dict[tuple, tuple[weakref.ref, torch.jit.ScriptModule | None]] = {}
+        self._traces: dict[tuple, tuple[weakref.ref, torch.jit.ScriptModule | object | None]] = {}
 
     def __call__(self, method: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
         module = getattr(method, "__self__", None)
@@ -92,10 +100,13 @@ class TracedCalls:
                 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
             return method(*args)
         key = (id(module), method.__name__, _signature(args))
-        if key not in self._traces:
-            self._traces[key] = (weakref.ref(module, lambda _, key=key: self._traces.pop(key, None)),
-                                 self._trace(module, method.__name__, args))
-        trace = self._traces[key][1]
+        if key not in self._traces:  # a first call runs eagerly: a call made once is not worth its trace
+            self._traces[key] = (weakref.ref(module, lambda _, key=key: self._traces.pop(key, None)), _CALLED_ONCE)
+            return method(*args)
+        reference, trace = self._traces[key]
+        if trace is _CALLED_ONCE:
+            trace = self._trace(module, method.__name__, args)
+            self._traces[key] = (reference, trace)
         if trace is None:  # tracing failed once: eager from then on
             return method(*args)
         return trace(*(arg for arg in args if arg is not None))
@@ -103,7 +114,7 @@ class TracedCalls:
     @property
     def num_traces(self) -> int:
         """How many traces are held (one per network method and input signature used so far)."""
-        return sum(trace is not None for _, trace in self._traces.values())
+        return sum(isinstance(trace, torch.jit.ScriptModule) for _, trace in self._traces.values())
 
     @staticmethod
     def _trace(module: nn.Module, name: str, args: tuple) -> torch.jit.ScriptModule | None:
@@ -114,8 +125,31 @@ class TracedCalls:
                 # TorchScript's deprecation notice, and its warnings that shape-dependent Python branches
                 # (diffusers' checks on sizes) are fixed in the trace: the trace is per input signature.
                 warnings.simplefilter("ignore")
-                return torch.jit.trace(_MethodCall(module, name, none_at), inputs, check_trace=False)
+                trace = torch.jit.trace(_MethodCall(module, name, none_at), inputs, check_trace=False)
+                if _fuses_with_onednn(module):
+                    _optimise_with_onednn_fusion(trace, inputs)
+                return trace
         except Exception as error:  # noqa: BLE001 - any failure to trace leaves the eager call, which works
             warnings.warn(f"could not trace {type(module).__name__}.{name} ({type(error).__name__}: {error}); "
                           "it runs eagerly", RuntimeWarning, stacklevel=4)
             return None
+
+
+def _fuses_with_onednn(module: nn.Module) -> bool:
+    """Whether the network computes in bfloat16 on a CPU, where oneDNN fuses its convolutions with the
+    elementwise operations around them (the denoiser ~25 % faster; in float32 it is slower)."""
+    weight = next(module.parameters(), None)
+    return weight is not None and weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+
+
+def _optimise_with_onednn_fusion(trace: torch.jit.ScriptModule, inputs: tuple) -> None:
+    """Let TorchScript's executor build ``trace``'s optimised graph now, with oneDNN fusion on: it profiles
+    the first call and optimises on the second, and keeps that graph for this input signature. The
+    process-wide switch is restored at once, so no other TorchScript code is affected."""
+    enabled = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        for _ in range(torch._C._jit_get_num_profiled_runs() + 1):
+            trace(*inputs)
+    finally:
+        torch.jit.enable_onednn_fusion(enabled)

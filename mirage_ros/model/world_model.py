@@ -363,26 +363,31 @@ class WorldModel:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Run each network once, on zeros, at the shapes the cameras' steps use: the first real steps then
-        pay no one-off costs (traces, kernel set-up; about half a second in all on a CPU). A real-time loop
-        calls this before its clock starts. Nothing the model holds changes."""
+        """Run each network twice (a signature's second call traces it), on zeros, at the shapes the
+        cameras' steps use: the first real steps then pay no one-off costs (traces, kernel set-up; about a
+        second in all on a CPU). A real-time loop calls this before its clock starts. Nothing the model
+        holds changes."""
         if not self._cameras:
             raise RuntimeError("call reset() with an observation (or load_memory) before warm_up()")
         cameras, (h, w) = len(self._cameras), self.latent_size
         latent = torch.zeros(cameras, self.denoiser.config.latent_channels, h, w, device=self.device)
         grid = torch.zeros(cameras, h, w, device=self.device)
+        calls = []
         for batch in sorted({1, cameras}):  # cameras sharing a noise schedule are denoised together
             sigma, motion = torch.zeros(batch, device=self.device), torch.zeros(batch, MOTION_FEATURES, device=self.device)
-            self.traced(self.denoiser.forward, latent[:batch], sigma, latent[:batch], grid[:batch], grid[:batch],
-                        latent[:batch], motion)
-        self.traced(self.autoencoder.decode_raw, latent)
+            calls.append((self.denoiser.forward, latent[:batch], sigma, latent[:batch], grid[:batch], grid[:batch],
+                          latent[:batch], motion))
+        calls.append((self.autoencoder.decode_raw, latent))
         if self.refiner is not None:  # redraws one camera's read at a time
             fine, factor = None, self.refiner.config.supersample
             if factor > 1:
                 fine_latent = torch.zeros(1, latent.shape[1], h * factor, w * factor, device=self.device)
                 fine_grid = fine_latent[:, 0]
                 fine = (fine_latent, fine_grid, fine_grid, fine_latent[:, :ALIGNMENT_CHANNELS])
-            self.traced(self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine)
+            calls.append((self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine))
+        for _ in range(2):
+            for method, *args in calls:
+                self.traced(method, *args)
 
     # ------------------------------------------------------------------ the loop
     def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
