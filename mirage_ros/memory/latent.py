@@ -254,7 +254,7 @@ class LatentSpatialMemory:
 
     # ------------------------------------------------------------------ write
     def _lift(self, latent: torch.Tensor, depth: torch.Tensor, usable: torch.Tensor, K: torch.Tensor,
-              cam_to_world: torch.Tensor) -> tuple[torch.Tensor, ...]:
+              cam_to_world: torch.Tensor, observed: bool) -> tuple[torch.Tensor, ...]:
         """Token points ``[M,3]`` and unit normals ``[M,3]`` in the world, features ``[M,C]``, the
         depths they were seen at ``[M]`` and footprint extents ``[M]`` (metres)."""
         channels, h, w = latent.shape
@@ -286,6 +286,17 @@ class LatentSpatialMemory:
         chosen = torch.argmin(torch.where(member, distance, torch.full_like(distance, float("inf"))), dim=1)
         rows = torch.arange(h * w, device=depth.device)
         surface, normal = patch_points[rows, chosen], patch_normals[rows, chosen]
+        # Its normal comes from the members' pixel normals within 90 degrees of that pixel's (members across
+        # a crease, the floor beside a wall, stay out). From a generated frame, their mean: one pixel's
+        # finite differences carry the noise of generated depth, and a plane tilted by it draws steps into
+        # the token's pixels when it is read. From an observation, their per-axis median: exact on clean
+        # depth, where the few pixels on a crease, whose differences mix both faces, would tilt a mean.
+        same_side = member & ((patch_normals * normal[:, None]).sum(-1) > 0)
+        if observed:
+            spread = torch.where(same_side[..., None], patch_normals, torch.full_like(patch_normals, float("nan")))
+            normal = _unit(torch.nan_to_num(spread.nanmedian(1).values))
+        else:
+            normal = _unit((patch_normals * same_side[..., None]).sum(1))
         extent = p * surface[:, 2] / K[0, 0]                                   # token footprint in metres
         ids = torch.nonzero(token).squeeze(1)
         world = to_world(surface[ids], cam_to_world)
@@ -315,7 +326,8 @@ class LatentSpatialMemory:
         depth, usable = depth_tensor(depth, (h * p, w * p), self.device, valid)
         K_t = intrinsics_tensor(K, self.device)
         pose = pose_tensor(cam_to_world, self.device)
-        points, normals, features, view_depths, extents = self._lift(latent.to(torch.float64), depth, usable, K_t, pose)
+        points, normals, features, view_depths, extents = self._lift(latent.to(torch.float64), depth, usable, K_t, pose,
+                                                                 observed)
         if points.shape[0] == 0:
             return 0
         keys = voxel_keys(points, self.config.voxel_size)  # may raise: still nothing changed

@@ -19,10 +19,9 @@ A network computes in its weights' dtype: floating-point inputs are cast to it a
 float32, so a world model in bfloat16 (its networks cast once, as diffusers' ``torch_dtype`` does) keeps
 its memory and geometry in float32. Weights cast once, rather than per operation as ``torch.autocast``
 does, are what make bfloat16 pay on a CPU with native bfloat16 (AVX-512 BF16, AMX): the decoder takes
-two thirds of the float32 time there, the denoiser five sixths. The trace of a bfloat16 network on a CPU
-is also optimised with oneDNN's graph fusion (convolutions fused with the normalisations and activations
-around them): the denoiser takes another ~25 % less time, the decoder ~7 %; its results differ from
-eager bfloat16 by bfloat16 rounding. In float32 fusion is slower, and float32 traces stay bit-identical.
+two thirds of the float32 time there, the denoiser five sixths. (oneDNN graph fusion of the traces,
+``torch.jit.enable_onednn_fusion``, made the bfloat16 denoiser another 25 % faster but, in PyTorch 2.13,
+returned wrong results for an input that was not contiguous: not used.)
 """
 
 from __future__ import annotations
@@ -125,31 +124,9 @@ class TracedCalls:
                 # TorchScript's deprecation notice, and its warnings that shape-dependent Python branches
                 # (diffusers' checks on sizes) are fixed in the trace: the trace is per input signature.
                 warnings.simplefilter("ignore")
-                trace = torch.jit.trace(_MethodCall(module, name, none_at), inputs, check_trace=False)
-                if _fuses_with_onednn(module):
-                    _optimise_with_onednn_fusion(trace, inputs)
-                return trace
+                return torch.jit.trace(_MethodCall(module, name, none_at), inputs, check_trace=False)
         except Exception as error:  # noqa: BLE001 - any failure to trace leaves the eager call, which works
             warnings.warn(f"could not trace {type(module).__name__}.{name} ({type(error).__name__}: {error}); "
                           "it runs eagerly", RuntimeWarning, stacklevel=4)
             return None
 
-
-def _fuses_with_onednn(module: nn.Module) -> bool:
-    """Whether the network computes in bfloat16 on a CPU, where oneDNN fuses its convolutions with the
-    elementwise operations around them (the denoiser ~25 % faster; in float32 it is slower)."""
-    weight = next(module.parameters(), None)
-    return weight is not None and weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
-
-
-def _optimise_with_onednn_fusion(trace: torch.jit.ScriptModule, inputs: tuple) -> None:
-    """Let TorchScript's executor build ``trace``'s optimised graph now, with oneDNN fusion on: it profiles
-    the first call and optimises on the second, and keeps that graph for this input signature. The
-    process-wide switch is restored at once, so no other TorchScript code is affected."""
-    enabled = torch.jit.onednn_fusion_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        for _ in range(torch._C._jit_get_num_profiled_runs() + 1):
-            trace(*inputs)
-    finally:
-        torch.jit.enable_onednn_fusion(enabled)
