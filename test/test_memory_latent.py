@@ -286,6 +286,29 @@ def test_token_normals_are_exact_on_clean_depth_and_steady_on_noisy_depth(observ
     assert float(normal_errors(noisy.numpy()).median()) < noisy_median_degrees
 
 
+@pytest.mark.parametrize("imagined", [False, True])
+def test_imagined_planes_of_one_surface_join_where_observed_edges_stay_steps(imagined):
+    """Two fronto-parallel planes 40 % apart, in the left and right halves of the view, decoded as such.
+    Observed, they are two surfaces (a box before a wall): the depth steps at their border. Imagined,
+    planes fitted to generated depth disagree that much on one surface, so they are blended: the depth
+    ramps across the border instead of stepping (what broke imagined depth into jagged patches)."""
+    from mirage_ros.memory.projection import RememberedSurfaces, pixel_rays
+
+    rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
+    cell_depth = torch.full((16, 16), 2.0, dtype=torch.float64)
+    cell_depth[:, 8:] = 2.8
+    planes = torch.zeros((16, 16, 4), dtype=torch.float64)
+    planes[..., 2], planes[..., 3] = -1.0, -cell_depth
+    surfaces = RememberedSurfaces(planes, cell_depth, torch.ones(16, 16, dtype=torch.float64), rays)
+    surfaces = surfaces.settle_imagined_outliers(torch.full((16, 16), imagined))
+    decoded = cell_depth.repeat_interleave(8, 0).repeat_interleave(8, 1).float()
+    depth = surfaces.compose(decoded).double()
+    steps = (depth[:, 1:] / depth[:, :-1]).log().abs()
+    assert float(steps.max()) == pytest.approx(0.0 if imagined else math.log(1.4), abs=0.06 if imagined else 1e-5)
+    np.testing.assert_allclose(depth[:, :56].numpy(), 2.0, rtol=1e-5)  # away from the border: on the planes
+    np.testing.assert_allclose(depth[:, 72:].numpy(), 2.8, rtol=1e-5)
+
+
 def test_generated_surfaces_continue_remembered_ones_without_a_step():
     """The decoder gives a new cell beside remembered ones depth at the wrong scale (here 25 % too far,
     as when it blends in tokens written from further away); the remembered pixels go on their planes.
