@@ -209,7 +209,8 @@ class RememberedSurfaces:
     [h,w]`` (depth at each cell centre, NaN where uncovered) and ``cell_scale [h,w]`` (depth now / depth
     when the token was seen: a token's features encode the depth it was seen at) come from a latent
     memory read; ``rays [H,W,3]`` are the image's ``pixel_rays``. ``settled [h,w]`` (optional): cells
-    whose token is an imagined outlier (``settle_imagined_outliers``).
+    whose token is an imagined outlier; ``imagined [h,w]`` (optional): cells showing imagined tokens (both
+    set by ``settle_imagined_outliers``).
     """
 
     planes: torch.Tensor
@@ -250,8 +251,10 @@ class RememberedSurfaces:
         depth), is the guide: it says which surface a pixel shows, to the pixel, even inside a cell
         that straddles an edge. Where one of the four token planes lies within ``agreement``
         (relative) of the guide, the pixel takes the exact depth on the planes: the bilinear blend of
-        those within ``same_surface`` of the closest one. Planes of one surface thus join without a
-        step at cell borders, and an edge stays where the decoder put it. Elsewhere the guide stays.
+        those within ``same_surface`` of the closest one (``imagined_same_surface`` in cells showing
+        imagined tokens, whose planes fitted to generated depth disagree more). Planes of one surface
+        thus join without a step at cell borders, and an edge stays where the decoder put it. Elsewhere
+        the guide stays.
         Pixels of generated cells keep the decoded depth, corrected as their remembered neighbours were
         (``extend_correction``), so that new surfaces continue the remembered ones without a step.
         A plane is never used where the ray misses it or lands further than ``max_deviation``
