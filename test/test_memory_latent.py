@@ -299,8 +299,8 @@ def test_imagined_planes_of_one_surface_join_where_observed_edges_stay_steps(ima
     cell_depth[:, 8:] = 2.8
     planes = torch.zeros((16, 16, 4), dtype=torch.float64)
     planes[..., 2], planes[..., 3] = -1.0, -cell_depth
-    surfaces = RememberedSurfaces(planes, cell_depth, torch.ones(16, 16, dtype=torch.float64), rays)
-    surfaces = surfaces.settle_imagined_outliers(torch.full((16, 16), imagined))
+    surfaces = RememberedSurfaces(planes, cell_depth, torch.ones(16, 16, dtype=torch.float64), rays,
+                                  imagined=torch.full((16, 16), imagined)).settle_imagined_outliers()
     decoded = cell_depth.repeat_interleave(8, 0).repeat_interleave(8, 1).float()
     depth = surfaces.compose(decoded).double()
     steps = (depth[:, 1:] / depth[:, :-1]).log().abs()

@@ -495,8 +495,9 @@ class LatentSpatialMemory:
         if surface_depth:
             # Remembered tokens are decoded as they were seen; the scale brings their depth to this view.
             scale = torch.where(read.coverage, read.depth / read.source_depth, torch.ones_like(read.depth))
-            surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width))
-            surfaces = surfaces.settle_imagined_outliers(read.coverage & (read.observed < OBSERVED_SHARE))
+            surfaces = RememberedSurfaces(read.planes, read.depth, scale, self._rays(K, height, width),
+                                          imagined=read.coverage & (read.observed < OBSERVED_SHARE))
+            surfaces = surfaces.settle_imagined_outliers()
         return MemoryView(read.latent, read.coverage, torch.nan_to_num(read.depth) * read.coverage,
                           to_pixel_grid(read.coverage, p), surfaces, read_alignment(read), read.observed)
 

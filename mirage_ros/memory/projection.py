@@ -208,30 +208,32 @@ class RememberedSurfaces:
     ``planes [h,w,4]`` (each shown token's plane ``n . X = d`` in the camera frame), ``cell_depth
     [h,w]`` (depth at each cell centre, NaN where uncovered) and ``cell_scale [h,w]`` (depth now / depth
     when the token was seen: a token's features encode the depth it was seen at) come from a latent
-    memory read; ``rays [H,W,3]`` are the image's ``pixel_rays``. ``settled [h,w]`` (optional): cells
-    whose token is an imagined outlier; ``imagined [h,w]`` (optional): cells showing imagined tokens (both
-    set by ``settle_imagined_outliers``).
+    memory read; ``rays [H,W,3]`` are the image's ``pixel_rays``. ``imagined [h,w]`` (optional): cells
+    showing imagined tokens. ``settled [h,w]`` (optional): cells whose token is an imagined outlier
+    (set by ``settle_imagined_outliers``).
     """
 
     planes: torch.Tensor
     cell_depth: torch.Tensor
     cell_scale: torch.Tensor
     rays: torch.Tensor
-    settled: torch.Tensor | None = None
     imagined: torch.Tensor | None = None
+    settled: torch.Tensor | None = None
 
-    def settle_imagined_outliers(self, imagined: torch.Tensor) -> "RememberedSurfaces":
-        """These surfaces with every imagined floater (see ``OUTLIER_RATIO``; ``imagined [h,w]`` bool
-        marks the cells showing imagined tokens) put back among its neighbours: its depth and scale
-        become the median of the other cells of its window, it offers no plane, and its pixels take
-        the surrounding planes, or a depth within ``OUTLIER_RATIO`` of theirs (``compose``). Observed tokens
-        are never touched: a thin real object in front of a wall is what was seen."""
+    def settle_imagined_outliers(self) -> "RememberedSurfaces":
+        """These surfaces with every imagined floater (see ``OUTLIER_RATIO``; only ``imagined`` cells can be
+        one) put back among its neighbours: its depth and scale become the median of the other cells of its
+        window, it offers no plane, and its pixels take the surrounding planes, or a depth within
+        ``OUTLIER_RATIO`` of theirs (``compose``). Observed tokens are never touched: a thin real object in
+        front of a wall is what was seen."""
+        if self.imagined is None:
+            return self
         covered = torch.isfinite(self.cell_depth)
         log_depth = torch.log(self.cell_depth)
-        outlier = imagined & covered & (window_median(log_depth, covered, OUTLIER_WINDOW) - log_depth
-                                        > math.log(OUTLIER_RATIO))
+        outlier = self.imagined & covered & (window_median(log_depth, covered, OUTLIER_WINDOW) - log_depth
+                                             > math.log(OUTLIER_RATIO))
         if not bool(outlier.any()):
-            return replace(self, imagined=imagined)
+            return self
         others = covered & ~outlier
         depth = window_median(log_depth, others, OUTLIER_WINDOW).exp()
         scale = window_median(torch.log(self.cell_scale), others, OUTLIER_WINDOW).exp()
@@ -239,7 +241,7 @@ class RememberedSurfaces:
         return replace(self, cell_depth=torch.where(settled, depth, self.cell_depth),
                        cell_scale=torch.where(settled, scale, self.cell_scale),
                        planes=torch.where(settled[..., None], torch.full_like(self.planes, float("nan")), self.planes),
-                       settled=settled, imagined=imagined)
+                       settled=settled)
 
     def compose(self, decoded: torch.Tensor, agreement: float = PLANE_AGREEMENT,
                 same_surface: float = SAME_SURFACE, max_deviation: float = 0.25,

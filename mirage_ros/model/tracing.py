@@ -110,6 +110,12 @@ class TracedCalls:
             return method(*args)
         return trace(*(arg for arg in args if arg is not None))
 
+    def warm(self, method: Callable[..., torch.Tensor], *args: Any) -> None:
+        """Make the call now so that the next one with this signature replays its trace: a first call runs
+        eagerly and the second traces, the one-off costs a real-time loop should pay before its clock starts."""
+        for _ in range(2):
+            self(method, *args)
+
     @property
     def num_traces(self) -> int:
         """How many traces are held (one per network method and input signature used so far)."""
@@ -129,4 +135,3 @@ class TracedCalls:
             warnings.warn(f"could not trace {type(module).__name__}.{name} ({type(error).__name__}: {error}); "
                           "it runs eagerly", RuntimeWarning, stacklevel=4)
             return None
-

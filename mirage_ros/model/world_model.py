@@ -363,10 +363,9 @@ class WorldModel:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Run each network twice (a signature's second call traces it), on zeros, at the shapes the
-        cameras' steps use: the first real steps then pay no one-off costs (traces, kernel set-up; about a
-        second in all on a CPU). A real-time loop calls this before its clock starts. Nothing the model
-        holds changes."""
+        """Warm each network (``TracedCalls.warm``) on zeros at the shapes the cameras' steps use: the first
+        real steps then pay no one-off costs (traces, kernel set-up; about a second in all on a CPU). A
+        real-time loop calls this before its clock starts. Nothing the model holds changes."""
         if not self._cameras:
             raise RuntimeError("call reset() with an observation (or load_memory) before warm_up()")
         cameras, (h, w) = len(self._cameras), self.latent_size
@@ -385,9 +384,8 @@ class WorldModel:
                 fine_grid = fine_latent[:, 0]
                 fine = (fine_latent, fine_grid, fine_grid, fine_latent[:, :ALIGNMENT_CHANNELS])
             calls.append((self.refiner.forward, latent[:1], grid[:1], grid[:1], latent[:1, :ALIGNMENT_CHANNELS], fine))
-        for _ in range(2):
-            for method, *args in calls:
-                self.traced(method, *args)
+        for method, *args in calls:
+            self.traced.warm(method, *args)
 
     # ------------------------------------------------------------------ the loop
     def step(self, cam_to_world: np.ndarray, K: np.ndarray | None = None) -> StepResult:
