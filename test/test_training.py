@@ -268,3 +268,44 @@ def test_imagined_read_targets_render_the_remembered_frames_at_the_target_camera
         mosaic_error += float(((example["memory_latent"] - latents[j]) ** 2).sum(0)[redrawn].sum())
     assert scored > 200
     assert target_error < 0.85 * mosaic_error
+
+
+def test_degraded_contexts_are_washed_out_and_blurred_in_the_share_asked_for():
+    """``SampleConfig.context_degradation``: that share of the examples take a context with less contrast and less
+    detail than the true previous frame (``degrade_latent``; same shape, about the same mean colour); the target and
+    the rest are untouched, and the draws repeat per example index."""
+    import numpy as np
+
+    from mirage_ros.memory import LatentMemoryConfig
+    from mirage_ros.training.samples import LatentSequences, MemoryConditionedSamples, SampleConfig, degrade_latent
+
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(8, 16, 16, generator=generator) + torch.arange(8.0)[:, None, None]
+    degraded = degrade_latent(latent, np.random.default_rng(1))
+    assert degraded.shape == latent.shape
+    assert torch.allclose(degraded.mean((1, 2)), latent.mean((1, 2)), atol=0.05)
+    assert float(degraded.std((1, 2)).max()) < 0.8 * float(latent.std((1, 2)).min())
+    assert torch.equal(degraded, degrade_latent(latent, np.random.default_rng(1)))
+
+    frames = 6
+    latents = torch.randn(frames, 8, 16, 16, generator=generator)
+    poses = np.repeat(np.eye(4)[None], frames, axis=0)
+    sequences = LatentSequences([latents], [torch.ones(frames, 128, 128)], [np.eye(3)], [poses])
+
+    def degraded_share(probability: float) -> float:
+        config = SampleConfig(no_memory_probability=1.0, latent_noise=0.0, context_degradation=probability)
+        samples = MemoryConditionedSamples(sequences, LatentMemoryConfig(), config, seed=3)
+        changed = []
+        for index in range(200):
+            example = samples[index]
+            j = int(((latents - example["target"]) ** 2).flatten(1).sum(1).argmin())
+            assert torch.equal(example["target"], latents[j])
+            changed.append(not torch.equal(example["context"], latents[j - 1]))
+            if changed[-1]:
+                assert example["context"].std() < latents[j - 1].std()
+        assert torch.equal(samples[7]["context"], samples[7]["context"])
+        return float(np.mean(changed))
+
+    assert degraded_share(0.0) == 0.0
+    assert degraded_share(1.0) == 1.0
+    assert 0.25 < degraded_share(0.4) < 0.55

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryView,
@@ -42,6 +43,7 @@ class SampleConfig:
     rollout_probability: float = 0.5  # share of examples from the model's own rollouts (when given)
     far_from_anywhere: bool = False  # far frames from the whole sequence but the target (other routes)
     supersample: int = 1           # > 1: also read the memory this many times finer (a refiner that takes it)
+    context_degradation: float = 0.0  # share of examples whose context is washed out and blurred (degrade_latent)
 
 
 class LatentSequences:
@@ -104,7 +106,28 @@ class MemoryConditionedSamples(Dataset):
             view = remembered_view(self.memory_config, [Frame(None, depths[f], noisy(latents[f]), K, poses[f])
                                                         for f in frames], poses[j], self.config.supersample)
         weight = (~view.coverage).float() if generated else torch.ones(h, w)
-        return example(targets[j], weight, view, noisy(latents[j - 1]), poses[j - 1], poses[j])
+        context = latents[j - 1]
+        if rng.random() < self.config.context_degradation:
+            context = degrade_latent(context, rng)
+        return example(targets[j], weight, view, noisy(context), poses[j - 1], poses[j])
+
+
+#: Ranges of ``degrade_latent``: the share of its contrast a latent keeps, and the zoom it is blurred by.
+KEPT_CONTRAST, BLUR_ZOOM = (0.15, 1.0), (1.0, 4.0)
+
+
+def degrade_latent(latent: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """``latent [C,h,w]`` as a foggy frame of the model's own shows it: contrast pulled towards its per-channel
+    mean (keeping a share drawn from ``KEPT_CONTRAST``), then blurred as a view magnified by a zoom drawn from
+    ``BLUR_ZOOM`` (area-downsampled, bilinear back). A denoiser whose context is always sharp copies its context's
+    contrast and blur into the next frame, so a rollout that has turned soft never recovers (model card); trained
+    on such contexts with the true frame as target, it learns to restore what the fog took."""
+    mean = latent.mean(dim=(-2, -1), keepdim=True)
+    washed = mean + float(rng.uniform(*KEPT_CONTRAST)) * (latent - mean)
+    h, w = latent.shape[-2:]
+    zoom = float(rng.uniform(*BLUR_ZOOM))
+    small = F.interpolate(washed[None], size=(max(1, round(h / zoom)), max(1, round(w / zoom))), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def memory_frames(rng: np.random.Generator, target: int, length: int, config: SampleConfig) -> list[int]:

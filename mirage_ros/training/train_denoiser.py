@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                              "stray at most N-1 steps from the truth (0: generated from the first frame on)")
     parser.add_argument("--rollout-probability", type=float, default=SampleConfig.rollout_probability,
                         help="share of examples drawn from those rollouts")
+    parser.add_argument("--context-degradation", type=float, default=SampleConfig.context_degradation,
+                        help="share of examples whose context latent is washed out and blurred (as a rollout "
+                             "turned foggy shows it), so the denoiser learns to restore rather than copy it")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.context_degradation <= 1.0:
+        parser.error(f"--context-degradation must be in [0, 1], got {args.context_degradation}")
     torch.manual_seed(args.seed)
 
     autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     memory_config = LatentMemoryConfig(patch_size=autoencoder.downsample_factor, voxel_size=args.voxel_size)
     write_memory_settings(state, args.output, memory_config)
     samples = MemoryConditionedSamples(sequences, memory_config,
-                                       SampleConfig(rollout_probability=args.rollout_probability),
+                                       SampleConfig(rollout_probability=args.rollout_probability,
+                                                    context_degradation=args.context_degradation),
                                        seed=args.seed, rollouts=rollouts)
     loader = example_loader(samples, args)
     if args.init_from is not None:
