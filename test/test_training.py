@@ -7,9 +7,9 @@ import torch
 
 from safetensors.torch import load_file
 
-from mirage_ros.model import RGBDAutoencoder
+from mirage_ros.model import RGBDAutoencoder, load_component
 from mirage_ros.training import export, train_autoencoder, train_denoiser, train_refiner
-from mirage_ros.training.latents import load_sequences
+from mirage_ros.training.latents import load_sequences, weights_fingerprint
 from mirage_ros.worlds.dataset import write_dataset
 
 
@@ -33,13 +33,17 @@ def test_autoencoder_and_denoiser_training_reduce_the_loss_and_resume(tmp_path):
 
     dn = tmp_path / "dn"
     train_denoiser.main(common + ["--output", str(dn), "--steps", "12", "--save-every", "6", "--lr", "1e-3",
-                                  "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32"])
+                                  "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32",
+                                  "--context-degradation", "0.5"])
     history = losses(dn)
     assert len(history) == 12 and sum(history[-3:]) / 3 < sum(history[:3]) / 3
     # Asking for more steps resumes from the checkpoint instead of starting over.
     train_denoiser.main(common + ["--output", str(dn), "--steps", "14", "--save-every", "7", "--lr", "1e-3",
                                   "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32"])
     assert [json.loads(line)["step"] for line in (dn / "log.jsonl").read_text().splitlines()][-2:] == [13, 14]
+    with pytest.raises(SystemExit):  # argparse's error exit: a share must lie in [0, 1]
+        train_denoiser.main(common + ["--output", str(tmp_path / "bad"), "--autoencoder", str(ae / "checkpoint"),
+                                      "--context-degradation", "1.5"])
 
 
 def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):
@@ -49,7 +53,7 @@ def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(
     import sys
     from pathlib import Path
 
-    from mirage_ros.model import MemoryConditionedDenoiser, load_component
+    from mirage_ros.model import MemoryConditionedDenoiser
 
     write_dataset(tmp_path / "data", "train", worlds=1, sequences_per_world=1, frames=8, width=32, height=32,
                   workers=1, progress=False)
@@ -109,6 +113,9 @@ def test_training_on_own_rollouts_with_ema_from_shipped_weights_exports_the_aver
                  "--output", str(tmp_path / "model"), "--image-size", "64", "64"])
     shipped = load_file(tmp_path / "model" / "denoiser" / "diffusion_pytorch_model.safetensors")
     assert torch.allclose(shipped[name].float(), average[name], atol=1e-3)
+    # The export's copy of the autoencoder, found in another folder, is the same autoencoder (its rollouts may train).
+    assert weights_fingerprint(load_component(RGBDAutoencoder, tmp_path / "model" / "autoencoder")) == \
+        weights_fingerprint(load_component(RGBDAutoencoder, tiny_checkpoint / "autoencoder"))
     # Blended with the weights it started from: a quarter of those, three quarters of the average.
     export.main(["--autoencoder", str(tiny_checkpoint / "autoencoder"), "--denoiser", str(dn / "checkpoint"),
                  "--denoiser-blend", str(tiny_checkpoint / "denoiser"), "0.25", "--output", str(tmp_path / "blend"),
@@ -240,7 +247,7 @@ def test_imagined_read_targets_render_the_remembered_frames_at_the_target_camera
     colour and depth rendered at the target camera and re-encoded, so on the cells the refiner redraws
     wholly (misaligned tokens) it is closer to the target frame's own latent than the read's mosaic."""
     from mirage_ros.memory import LatentMemoryConfig
-    from mirage_ros.model import DEFAULT_CHECKPOINT, load_component
+    from mirage_ros.model import DEFAULT_CHECKPOINT
     from mirage_ros.model.read_refiner import REDRAW_ABOVE
     from mirage_ros.training.latents import encode_sequences
     from mirage_ros.training.samples import ImaginedReadSamples, LatentSequences, SampleConfig

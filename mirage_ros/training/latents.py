@@ -23,13 +23,16 @@ from mirage_ros.worlds.dataset import SequenceDataset
 
 
 def weights_fingerprint(*modules: torch.nn.Module) -> str:
-    """A short hash of the modules' weights and configs: caches built by other weights are never reused."""
+    """A short hash of the modules' weights and configs: caches built by other weights are never reused. A config's
+    private entries (``_name_or_path``: where the weights were loaded from) are left out, so the same weights found
+    in another folder (an exported checkpoint's copy) are recognised."""
     digest = hashlib.sha256()
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        digest.update(str(sorted(getattr(module, "config", {}).items())).encode())
+        config = getattr(module, "config", {})
+        digest.update(str(sorted((key, value) for key, value in config.items() if not key.startswith("_"))).encode())
     return digest.hexdigest()[:16]
 
 
