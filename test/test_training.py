@@ -34,16 +34,20 @@ def test_autoencoder_and_denoiser_training_reduce_the_loss_and_resume(tmp_path):
     dn = tmp_path / "dn"
     train_denoiser.main(common + ["--output", str(dn), "--steps", "12", "--save-every", "6", "--lr", "1e-3",
                                   "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32",
-                                  "--context-degradation", "0.5"])
+                                  "--context-degradation", "0.5", "--context-kept-contrast", "0.5", "1",
+                                  "--context-blur-zoom", "1", "2"])
     history = losses(dn)
     assert len(history) == 12 and sum(history[-3:]) / 3 < sum(history[:3]) / 3
     # Asking for more steps resumes from the checkpoint instead of starting over.
     train_denoiser.main(common + ["--output", str(dn), "--steps", "14", "--save-every", "7", "--lr", "1e-3",
                                   "--autoencoder", str(ae / "checkpoint"), "--block-out-channels", "32", "32"])
     assert [json.loads(line)["step"] for line in (dn / "log.jsonl").read_text().splitlines()][-2:] == [13, 14]
-    with pytest.raises(SystemExit):  # argparse's error exit: a share must lie in [0, 1]
-        train_denoiser.main(common + ["--output", str(tmp_path / "bad"), "--autoencoder", str(ae / "checkpoint"),
-                                      "--context-degradation", "1.5"])
+    for bad in (["--context-degradation", "1.5"], ["--context-kept-contrast", "0.8", "0.5"],
+                ["--context-blur-zoom", "0.5", "2"]):
+        with pytest.raises(SystemExit):  # argparse's error exit: shares lie in [0, 1], ranges rise, zooms from 1
+            train_denoiser.main(common + ["--output", str(tmp_path / "bad"), "--autoencoder", str(ae / "checkpoint"),
+                                          *bad])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):
@@ -293,6 +297,10 @@ def test_degraded_contexts_are_washed_out_and_blurred_in_the_share_asked_for():
     assert torch.allclose(degraded.mean((1, 2)), latent.mean((1, 2)), atol=0.05)
     assert float(degraded.std((1, 2)).max()) < 0.8 * float(latent.std((1, 2)).min())
     assert torch.equal(degraded, degrade_latent(latent, np.random.default_rng(1)))
+    # The ranges are the caller's: all of the contrast and no zoom leave the latent as it was.
+    assert torch.allclose(degrade_latent(latent, np.random.default_rng(1), (1.0, 1.0), (1.0, 1.0)), latent, atol=1e-5)
+    halved = degrade_latent(latent, np.random.default_rng(1), (0.5, 0.5), (1.0, 1.0))
+    assert torch.allclose(halved.std((1, 2)), 0.5 * latent.std((1, 2)), rtol=1e-4)
 
     frames = 6
     latents = torch.randn(frames, 8, 16, 16, generator=generator)

@@ -44,6 +44,8 @@ class SampleConfig:
     far_from_anywhere: bool = False  # far frames from the whole sequence but the target (other routes)
     supersample: int = 1           # > 1: also read the memory this many times finer (a refiner that takes it)
     context_degradation: float = 0.0  # share of examples whose context is washed out and blurred (degrade_latent)
+    context_kept_contrast: tuple[float, float] = (0.15, 1.0)  # range of the contrast share a degraded context keeps
+    context_blur_zoom: tuple[float, float] = (1.0, 4.0)       # range of the zoom a degraded context is blurred by
 
 
 class LatentSequences:
@@ -108,25 +110,24 @@ class MemoryConditionedSamples(Dataset):
         weight = (~view.coverage).float() if generated else torch.ones(h, w)
         context = latents[j - 1]
         if rng.random() < self.config.context_degradation:
-            context = degrade_latent(context, rng)
+            context = degrade_latent(context, rng, self.config.context_kept_contrast, self.config.context_blur_zoom)
         return example(targets[j], weight, view, noisy(context), poses[j - 1], poses[j])
 
 
-#: Ranges of ``degrade_latent``: the share of its contrast a latent keeps, and the zoom it is blurred by.
-KEPT_CONTRAST, BLUR_ZOOM = (0.15, 1.0), (1.0, 4.0)
-
-
-def degrade_latent(latent: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def degrade_latent(latent: torch.Tensor, rng: np.random.Generator,
+                   kept_contrast: tuple[float, float] = SampleConfig.context_kept_contrast,
+                   zoom: tuple[float, float] = SampleConfig.context_blur_zoom) -> torch.Tensor:
     """``latent [C,h,w]`` as a foggy frame of the model's own shows it: contrast pulled towards its per-channel
-    mean (keeping a share drawn from ``KEPT_CONTRAST``), then blurred as a view magnified by a zoom drawn from
-    ``BLUR_ZOOM`` (area-downsampled, bilinear back). A denoiser whose context is always sharp copies its context's
-    contrast and blur into the next frame, so a rollout that has turned soft never recovers (model card); trained
-    on such contexts with the true frame as target, it learns to restore what the fog took."""
+    mean (keeping a share drawn from ``kept_contrast``), then blurred as a view magnified by a factor drawn from
+    ``zoom`` (area-downsampled, bilinear back). A denoiser whose context is always sharp copies its context's
+    contrast and blur into the next frame, so a rollout that has turned soft never recovers; trained on such
+    contexts with the true frame as target, it restores them step by step, but in the closed loop it also
+    "restores" its own output and overshoots unless trained on its own rollouts too (model card)."""
     mean = latent.mean(dim=(-2, -1), keepdim=True)
-    washed = mean + float(rng.uniform(*KEPT_CONTRAST)) * (latent - mean)
+    washed = mean + float(rng.uniform(*kept_contrast)) * (latent - mean)
     h, w = latent.shape[-2:]
-    zoom = float(rng.uniform(*BLUR_ZOOM))
-    small = F.interpolate(washed[None], size=(max(1, round(h / zoom)), max(1, round(w / zoom))), mode="area")
+    factor = float(rng.uniform(*zoom))
+    small = F.interpolate(washed[None], size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="area")
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
 
 

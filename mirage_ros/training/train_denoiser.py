@@ -110,9 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-degradation", type=float, default=SampleConfig.context_degradation,
                         help="share of examples whose context latent is washed out and blurred (as a rollout "
                              "turned foggy shows it), so the denoiser learns to restore rather than copy it")
+    parser.add_argument("--context-kept-contrast", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=SampleConfig.context_kept_contrast,
+                        help="range of the share of its contrast a degraded context keeps")
+    parser.add_argument("--context-blur-zoom", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=SampleConfig.context_blur_zoom,
+                        help="range of the zoom a degraded context is blurred by (1: not blurred)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.context_degradation <= 1.0:
         parser.error(f"--context-degradation must be in [0, 1], got {args.context_degradation}")
+    low, high = args.context_kept_contrast
+    if not 0.0 <= low <= high <= 1.0:
+        parser.error(f"--context-kept-contrast needs 0 <= LOW <= HIGH <= 1, got {low} {high}")
+    low, high = args.context_blur_zoom
+    if not 1.0 <= low <= high:
+        parser.error(f"--context-blur-zoom needs 1 <= LOW <= HIGH, got {low} {high}")
     torch.manual_seed(args.seed)
 
     autoencoder = load_component(RGBDAutoencoder, args.autoencoder)
@@ -128,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     write_memory_settings(state, args.output, memory_config)
     samples = MemoryConditionedSamples(sequences, memory_config,
                                        SampleConfig(rollout_probability=args.rollout_probability,
-                                                    context_degradation=args.context_degradation),
+                                                    context_degradation=args.context_degradation,
+                                                    context_kept_contrast=tuple(args.context_kept_contrast),
+                                                    context_blur_zoom=tuple(args.context_blur_zoom)),
                                        seed=args.seed, rollouts=rollouts)
     loader = example_loader(samples, args)
     if args.init_from is not None:
