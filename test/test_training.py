@@ -50,6 +50,43 @@ def test_autoencoder_and_denoiser_training_reduce_the_loss_and_resume(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_lighter_decoder_trains_onto_the_frozen_encoder_and_keeps_the_latent_space(tmp_path):
+    torch.set_num_threads(2)
+    write_dataset(tmp_path / "data", "train", worlds=2, sequences_per_world=1, frames=12, width=32, height=32,
+                  workers=1, progress=False)
+    torch.manual_seed(0)
+    source = RGBDAutoencoder(latent_channels=4, block_out_channels=(16, 16, 16, 16), scaling_factor=0.7,
+                             latent_shift=0.2)
+    source.save_pretrained(tmp_path / "source")
+    run = tmp_path / "decoder"
+    common = ["--data", str(tmp_path / "data"), "--batch-size", "8", "--log-every", "1", "--workers", "0",
+              "--mixed-precision", "no", "--init-from", str(tmp_path / "source"), "--decoder-only"]
+    train_autoencoder.main(common + ["--output", str(run), "--steps", "20", "--save-every", "10", "--lr", "2e-3",
+                                     "--decoder-layers-per-block", "0", "--ema-decay", "0"])
+    history = losses(run)
+    assert len(history) == 20 and sum(history[-5:]) / 5 < sum(history[:5]) / 5
+    trained = load_component(RGBDAutoencoder, run / "checkpoint")
+    assert trained.config.decoder_layers_per_block == 0
+    assert [len(block.resnets) for block in trained.vae.decoder.up_blocks] == [1, 1, 1, 1]
+    assert [len(block.resnets) for block in source.vae.decoder.up_blocks] == [2, 2, 2, 2]
+    # The latent space is the source's: same encoder weights, same statistics, the same latents.
+    assert (trained.config.latent_shift, trained.config.scaling_factor) == (0.2, 0.7)
+    before, after = source.state_dict(), trained.state_dict()
+    encoder = [name for name in before if not name.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder)
+    assert not torch.equal(before["vae.decoder.conv_out.weight"], after["vae.decoder.conv_out.weight"])
+    rgb, depth = torch.rand(1, 3, 32, 32), torch.rand(1, 32, 32) * 5 + 0.5
+    with torch.no_grad():
+        assert torch.equal(source.encode(rgb, depth), trained.encode(rgb, depth))
+        assert trained.decode(trained.encode(rgb, depth))[0].shape == (1, 3, 32, 32)
+    with pytest.raises(SystemExit):  # a decoder alone needs an encoder to train onto
+        train_autoencoder.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "bad"), "--decoder-only"])
+    with pytest.raises(SystemExit):
+        train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--decoder-layers-per-block", "-1"])
+    with pytest.raises(ValueError, match="decoder_layers_per_block"):
+        RGBDAutoencoder(decoder_layers_per_block=-1)
+
+
 def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):
     """``accelerate launch --num_processes 2 --cpu``: both processes train (gradients averaged), only
     the main one writes the log and checkpoints, and the run resumes like a single-process one."""

@@ -7,6 +7,11 @@ metric depth, which is what the latent memory uses to place newly generated toke
 GroupNorm uses one group by default: with one group per channel (16 groups on the 16-channel outer
 blocks) the normalisation just before each output erases every channel's mean, so a flat wall
 decodes to the same grey whatever its colour and distance.
+
+The decoder may be lighter than the encoder (``decoder_layers_per_block``): it runs on every simulated
+frame, the encoder only on observations, so a decoder with fewer residual layers per resolution,
+trained onto a frozen encoder's latent space (``mirage-train-autoencoder --decoder-only``), speeds up
+every step while the denoiser and the memory, which live in that latent space, stay as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import torch
 from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.autoencoders.vae import Decoder
 
 
 class RGBDAutoencoder(ModelMixin, ConfigMixin):
@@ -26,16 +32,23 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 8, block_out_channels: tuple[int, ...] = (16, 32, 64, 128),
                  layers_per_block: int = 1, norm_num_groups: int = 1, min_depth: float = 0.05,
-                 max_depth: float = 20.0, scaling_factor: float = 1.0, latent_shift: float = 0.0) -> None:
+                 max_depth: float = 20.0, scaling_factor: float = 1.0, latent_shift: float = 0.0,
+                 decoder_layers_per_block: int | None = None) -> None:
         super().__init__()
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
+        if decoder_layers_per_block is not None and decoder_layers_per_block < 0:
+            raise ValueError(f"decoder_layers_per_block must be >= 0 (None: as the encoder), got {decoder_layers_per_block}")
+        up_block_types = ("UpDecoderBlock2D",) * len(block_out_channels)
         self.vae = AutoencoderKL(
             in_channels=4, out_channels=4, latent_channels=latent_channels,
             block_out_channels=tuple(block_out_channels),
-            down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+            down_block_types=("DownEncoderBlock2D",) * len(block_out_channels), up_block_types=up_block_types,
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups)
+        if decoder_layers_per_block not in (None, layers_per_block):  # diffusers' decoder, of another depth
+            self.vae.decoder = Decoder(in_channels=latent_channels, out_channels=4, up_block_types=up_block_types,
+                                       block_out_channels=tuple(block_out_channels),
+                                       layers_per_block=decoder_layers_per_block, norm_num_groups=norm_num_groups)
 
     @property
     def downsample_factor(self) -> int:

@@ -9,6 +9,14 @@ convolutional, so it trains on random crops (``--crop-size``; 64 px is ~5x cheap
 (fine-tuning); a run directory with a checkpoint always resumes instead. After the last step the
 latent statistics of a sample of training frames set ``latent_shift`` and ``scaling_factor``
 (unit-variance latents for the denoiser) in the saved config. Rerun to resume.
+
+``--decoder-only`` (with ``--init-from``) trains the decoder alone onto the frozen encoder, keeping the
+latent space and its statistics, so a denoiser, a read refiner and memories made for that encoder still
+fit; with ``--decoder-layers-per-block`` it makes a lighter (or deeper) decoder, which starts from the
+weights of the layers the two decoders share:
+
+    mirage-train-autoencoder --data DATASET --init-from MODEL/autoencoder --decoder-only \
+        --decoder-layers-per-block 0 --output RUN_DECODER --steps 2500
 """
 
 from __future__ import annotations
@@ -90,6 +98,23 @@ def calibrate_latents(model: RGBDAutoencoder, frames: FrameDataset, count: int =
     return float(latents.mean()), float(1.0 / latents.std())
 
 
+def start_from(source: RGBDAutoencoder, **changes: int | None) -> tuple[RGBDAutoencoder, list[str]]:
+    """A new autoencoder with ``source``'s config and ``changes``, holding every weight of ``source`` whose
+    name and shape it shares; also the names of the weights that start fresh."""
+    config = {key: value for key, value in source.config.items() if not key.startswith("_")}
+    model = RGBDAutoencoder(**{**config, **changes})
+    own, given = model.state_dict(), source.state_dict()
+    shared = {name: value for name, value in given.items() if name in own and own[name].shape == value.shape}
+    model.load_state_dict(shared, strict=False)
+    return model, sorted(set(own) - set(shared))
+
+
+def freeze_all_but_decoder(model: RGBDAutoencoder) -> None:
+    """Only the decoding path (``post_quant_conv`` and the decoder) keeps gradients: the latents stay as they are."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(("vae.decoder.", "vae.post_quant_conv.")))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
@@ -103,26 +128,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edge-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="autoencoder checkpoint whose weights (and architecture) a new run starts from")
+    parser.add_argument("--decoder-layers-per-block", type=int, default=None,
+                        help="residual layers per decoder resolution (diffusers' decoder has one more); "
+                             "default: as the encoder (or as --init-from's)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="train only the decoder, onto --init-from's frozen encoder (its latent space and "
+                             "latent statistics are kept)")
     args = parser.parse_args(argv)
     if args.crop_size % 8:
         parser.error(f"--crop-size must be a multiple of 8, got {args.crop_size}")
+    if args.decoder_only and args.init_from is None:
+        parser.error("--decoder-only trains a decoder onto an existing encoder: give it with --init-from")
+    if args.decoder_layers_per_block is not None and args.decoder_layers_per_block < 0:
+        parser.error(f"--decoder-layers-per-block must be >= 0, got {args.decoder_layers_per_block}")
     torch.manual_seed(args.seed)
     frames = FrameDataset(SequenceDataset(args.data, "train"))
     loader = torch.utils.data.DataLoader(frames, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0)
+    changes = {} if args.decoder_layers_per_block is None else {"decoder_layers_per_block": args.decoder_layers_per_block}
     if args.init_from is not None:
         source = load_component(RGBDAutoencoder, args.init_from)
         # Normalisation groups hold no weights of their own: they may change when fine-tuning.
-        model = RGBDAutoencoder.from_config(source.config, norm_num_groups=args.norm_num_groups)
-        model.load_state_dict(source.state_dict())
+        model, fresh = start_from(source, norm_num_groups=args.norm_num_groups, **changes)
+        if fresh:
+            print(f"autoencoder: {len(fresh)} weights start fresh (not in {args.init_from}): {', '.join(fresh[:6])}"
+                  + (", ..." if len(fresh) > 6 else ""))
+        if args.decoder_only:
+            freeze_all_but_decoder(model)
     else:
         model = RGBDAutoencoder(latent_channels=args.latent_channels, norm_num_groups=args.norm_num_groups,
-                                block_out_channels=tuple(args.block_out_channels))
+                                block_out_channels=tuple(args.block_out_channels), **changes)
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
     loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight)
     model = train_loop(args, model, loader, loss_fn, "autoencoder")
     state = PartialState()
-    if state.is_main_process:  # one process calibrates and writes
+    if state.is_main_process and not args.decoder_only:  # one process calibrates and writes
         shift, scale = calibrate_latents(model, frames)
         model.register_to_config(latent_shift=shift, scaling_factor=scale)
         print(f"latent shift {shift:.4f}, scaling factor {scale:.4f}")
