@@ -3,7 +3,12 @@ the networks traced in float32, eager in float32 and traced in bfloat16 (shipped
 the demo tour; its ``precision: auto`` is bfloat16 where the hardware runs it natively, else float32). The
 first two write identical bags.
 
-    .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda]
+    .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda] \
+        [--compare-to OTHER_MODEL_DIR]
+
+``--compare-to`` adds the traced bfloat16 rollout of another checkpoint, each repeat run right after the
+shipped model's, so both meet the same machine load (the tour is steered by what each model shows, so
+the two drive somewhat different paths).
 
 The node runs at ``rate`` steps per sim second; the issue asks the offline CLI for at least 3x that.
 Each run writes a complete bag (images, depth, infos, points, scan, odometry, TF, clock, commands)
@@ -26,35 +31,53 @@ from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.tour import Tour
 
 
+#: The shipped model's variants (name: precision, traced, model_path).
+SHIPPED = {"float32 traced": ("float32", True, ""), "float32 eager": ("float32", False, ""),
+           "bfloat16": ("bfloat16", True, "")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=30.0, help="sim seconds per rollout")
     parser.add_argument("--repeats", type=int, default=1, help="rollouts per precision (the best is reported)")
     parser.add_argument("--device", default="cpu", help="the node's device parameter (cpu, cuda, cuda:1...)")
+    parser.add_argument("--compare-to", type=Path, default=None, help="another checkpoint directory to time beside it")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     factors, digests = {}, {}
-    variants = {"float32 traced": ("float32", True), "float32 eager": ("float32", False), "bfloat16": ("bfloat16", True)}
-    for name, (precision, trace) in variants.items():
-        params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS,
-                                      {"precision": precision, "trace_networks": trace, "device": args.device})
-        steps = int(round(args.duration * params["rate"]))
-        best = float("inf")
+    variants = dict(SHIPPED)
+    groups = [[name] for name in SHIPPED]
+    if args.compare_to is not None:
+        if not (args.compare_to / "world_model.json").is_file():
+            parser.error(f"--compare-to {args.compare_to}: not a checkpoint directory (no world_model.json)")
+        variants[f"bfloat16 {args.compare_to.name}"] = ("bfloat16", True, str(args.compare_to.resolve()))
+        groups[-1].append(f"bfloat16 {args.compare_to.name}")
+    for group in groups:
+        best = dict.fromkeys(group, float("inf"))
         for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as folder:
-                started = time.perf_counter()
-                bag = rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
-                best = min(best, time.perf_counter() - started)
-                digests[name] = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(bag.rglob("*.mcap"))))
-        factors[name] = args.duration / best
-        print(f"{name:>14}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best:.1f} s "
-              f"= {1000 * best / steps:.1f} ms/step, {factors[name]:.2f}x real time")
+            for name in group:  # a compared checkpoint runs right after the shipped one, repeat by repeat
+                precision, trace, model_path = variants[name]
+                params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS,
+                                              {"precision": precision, "trace_networks": trace, "device": args.device,
+                                               "model_path": model_path})
+                steps = int(round(args.duration * params["rate"]))
+                with tempfile.TemporaryDirectory() as folder:
+                    started = time.perf_counter()
+                    bag = rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
+                    best[name] = min(best[name], time.perf_counter() - started)
+                    digests[name] = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(bag.rglob("*.mcap"))))
+        for name in group:
+            factors[name] = args.duration / best[name]
+            print(f"{name:>14}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best[name]:.1f} s "
+                  f"= {1000 * best[name] / steps:.1f} ms/step, {factors[name]:.2f}x real time")
     same = digests["float32 traced"].digest() == digests["float32 eager"].digest()
     print(f"float32 traced and eager bags identical: {'yes' if same else 'NO'}")
     print(f"traced / eager float32 speed: {factors['float32 traced'] / factors['float32 eager']:.2f}x; bfloat16 / "
           f"traced float32: {factors['bfloat16'] / factors['float32 traced']:.2f}x; target >= 3x real time: "
-          f"{'met' if max(factors.values()) >= 3 else 'missed'}")
+          f"{'met' if max(factors[name] for name in SHIPPED) >= 3 else 'missed'}")
+    if args.compare_to is not None:
+        print(f"{args.compare_to.name} / shipped, bfloat16: {factors[groups[-1][1]] / factors['bfloat16']:.2f}x")
     return 0
 
 

@@ -62,7 +62,7 @@ def test_a_lighter_decoder_trains_onto_the_frozen_encoder_and_keeps_the_latent_s
     common = ["--data", str(tmp_path / "data"), "--batch-size", "8", "--log-every", "1", "--workers", "0",
               "--mixed-precision", "no", "--init-from", str(tmp_path / "source"), "--decoder-only"]
     train_autoencoder.main(common + ["--output", str(run), "--steps", "20", "--save-every", "10", "--lr", "2e-3",
-                                     "--decoder-layers-per-block", "0", "--ema-decay", "0"])
+                                     "--decoder-layers-per-block", "0", "--ema-decay", "0", "--flat-walls", "0.2"])
     history = losses(run)
     assert len(history) == 20 and sum(history[-5:]) / 5 < sum(history[:5]) / 5
     trained = load_component(RGBDAutoencoder, run / "checkpoint")
@@ -83,8 +83,25 @@ def test_a_lighter_decoder_trains_onto_the_frozen_encoder_and_keeps_the_latent_s
         train_autoencoder.main(["--data", str(tmp_path / "data"), "--output", str(tmp_path / "bad"), "--decoder-only"])
     with pytest.raises(SystemExit):
         train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--decoder-layers-per-block", "-1"])
+    with pytest.raises(SystemExit):
+        train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--flat-walls", "1.5"])
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="decoder_layers_per_block"):
         RGBDAutoencoder(decoder_layers_per_block=-1)
+
+
+def test_flat_walls_replace_the_share_of_samples_asked_for_with_one_colour_at_one_distance():
+    torch.manual_seed(0)
+    rgb, depth = torch.rand(400, 3, 8, 8), torch.rand(400, 8, 8) * 3 + 0.5
+    original_rgb, original_depth = rgb.clone(), depth.clone()
+    train_autoencoder.replace_with_flat_walls(rgb, depth, 0.25)
+    flat = (rgb.flatten(2).std(-1).amax(-1) == 0) & (depth.flatten(1).std(-1) == 0)
+    assert 0.18 < float(flat.float().mean()) < 0.32
+    assert torch.equal(rgb[~flat], original_rgb[~flat]) and torch.equal(depth[~flat], original_depth[~flat])
+    assert float(depth[flat].min()) >= 0.5 and float(depth[flat].max()) <= 10.0
+    assert len({tuple(sample[:, 0, 0].tolist()) for sample in rgb[flat]}) == int(flat.sum())  # a colour each
+    train_autoencoder.replace_with_flat_walls(rgb, depth, 0.0)
+    assert not (depth.flatten(1).std(-1) == 0).logical_xor(flat).any()
 
 
 def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -66,9 +67,23 @@ def gradient_l1(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     return total / count.clamp_min(1)
 
 
-def autoencoder_loss(model: RGBDAutoencoder, batch: dict, crop_size: int = 0,
-                     edge_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def replace_with_flat_walls(rgb: torch.Tensor, depth: torch.Tensor, share: float) -> None:
+    """In place: about ``share`` of the samples become a flat wall, one random colour at one distance
+    (0.5-10 m, log-uniform) filling the view. Rooms seldom show one, yet a flat wall must come back with its
+    colour and distance; these samples keep a decoder that never saw one from drifting there."""
+    flat = torch.rand(len(depth)) < share
+    count = int(flat.sum())
+    if count:
+        rgb[flat] = torch.rand(count, 3, 1, 1).expand(count, 3, *rgb.shape[-2:])
+        distance = torch.exp(torch.empty(count, 1, 1).uniform_(math.log(0.5), math.log(10.0)))
+        depth[flat] = distance.expand(count, *depth.shape[-2:]).to(depth.dtype)
+
+
+def autoencoder_loss(model: RGBDAutoencoder, batch: dict, crop_size: int = 0, edge_weight: float = 0.0,
+                     flat_walls: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     rgb, depth = random_crops(*batch_to_model_input(batch), crop_size)
+    if flat_walls > 0:
+        replace_with_flat_walls(rgb, depth, flat_walls)
     if torch.rand(()) < 0.5:  # mirror augmentation
         rgb, depth = rgb.flip(-1), depth.flip(-1)
     target, reconstruction, kl = model(rgb, depth)
@@ -128,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edge-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="autoencoder checkpoint whose weights (and architecture) a new run starts from")
+    parser.add_argument("--flat-walls", type=float, default=0.0,
+                        help="share of the samples replaced by a flat wall of one colour at one distance")
     parser.add_argument("--decoder-layers-per-block", type=int, default=None,
                         help="residual layers per decoder resolution (diffusers' decoder has one more); "
                              "default: as the encoder (or as --init-from's)")
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.crop_size % 8:
         parser.error(f"--crop-size must be a multiple of 8, got {args.crop_size}")
+    if not 0.0 <= args.flat_walls <= 1.0:
+        parser.error(f"--flat-walls is a share of the samples in [0, 1], got {args.flat_walls}")
     if args.decoder_only and args.init_from is None:
         parser.error("--decoder-only trains a decoder onto an existing encoder: give it with --init-from")
     if args.decoder_layers_per_block is not None and args.decoder_layers_per_block < 0:
@@ -159,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         model = RGBDAutoencoder(latent_channels=args.latent_channels, norm_num_groups=args.norm_num_groups,
                                 block_out_channels=tuple(args.block_out_channels), **changes)
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
-    loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight)
+    loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight,
+                                flat_walls=args.flat_walls)
     model = train_loop(args, model, loader, loss_fn, "autoencoder")
     state = PartialState()
     if state.is_main_process and not args.decoder_only:  # one process calibrates and writes
