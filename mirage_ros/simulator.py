@@ -367,12 +367,8 @@ def build_robot(settings: dict[str, Any], params: dict[str, Any]) -> Robot:
                  PlanarPose(*settings["initial_pose"]))
 
 
-def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (), progress: bool = False) -> Simulator:
-    """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
-    also what offline rollouts build. ``robots``: the settings of each robot of a shared world (see
-    ``build_robot``); none: one robot set up by ``params`` itself. A ``map_bag`` recording is read by the
-    ROS layer (``ros.recording``) into ``start.recording``; ``progress`` shows a bar while it is mapped."""
-    first, *companions = [build_robot(settings, params) for settings in (robots or [params])]
+def build_world_model(params: dict[str, Any]) -> WorldModel:
+    """The world model ``params`` ask for (checkpoint, memory, device, seed, precision, floor, step count)."""
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
                                        precision=params["precision"],
@@ -380,6 +376,19 @@ def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (
                                        floor_height=params["floor_height"] if params["clamp_to_floor"] else None)
     # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
     model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
+    return model
+
+
+def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (), progress: bool = False,
+                    model: WorldModel | None = None) -> Simulator:
+    """The simulator the node runs, from its validated parameters (``ros.sim_node.PARAMETERS`` names);
+    also what offline rollouts build. ``robots``: the settings of each robot of a shared world (see
+    ``build_robot``); none: one robot set up by ``params`` itself. A ``map_bag`` recording is read by the
+    ROS layer (``ros.recording``) into ``start.recording``; ``progress`` shows a bar while it is mapped.
+    ``model``: a world model ``build_world_model`` made from these parameters (its world seed aside), to use
+    again: a batch of rollouts then loads and traces the networks once (``reset`` clears and reseeds it)."""
+    first, *companions = [build_robot(settings, params) for settings in (robots or [params])]
+    model = model if model is not None else build_world_model(params)
     height, width = model.image_size
     camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
     start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],

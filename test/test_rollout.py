@@ -52,6 +52,9 @@ def test_poses_input_and_batch(tiny_checkpoint, tmp_path):
     bags = sorted(p.name for p in (tmp_path / "sweep").iterdir())
     assert bags == ["rollout_world00000", "rollout_world00001"]
     assert read_bag(tmp_path / "sweep" / bags[0]) != read_bag(tmp_path / "sweep" / bags[1])  # other worlds
+    # The batch loads the model once; a rollout of the second world alone writes the very same bag.
+    assert run(tiny_checkpoint, tmp_path / "alone", "--poses", str(poses), "--duration", "0.5", "--world-seed", "1") == 0
+    assert read_bag(tmp_path / "alone") == read_bag(tmp_path / "sweep" / bags[1])
 
 
 @pytest.mark.parametrize("content, message", [

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from mirage_ros.geometry import OPTICAL_TO_CAMERA_LINK
 from mirage_ros.kinematics import PlanarPose
-from mirage_ros.model.world_model import MEMORY_KINDS
+from mirage_ros.model.world_model import MEMORY_KINDS, WorldModel
 from mirage_ros.ros.bag import BagWriter, tf_message_cdr
 from mirage_ros.ros.conversions import time_msg
 from mirage_ros.ros.frame_messages import STEP_TOPICS, OutputConfig, frame_messages, resolve_frame_prefix
@@ -43,7 +43,7 @@ from mirage_ros.ros.recording import (RecordingOptions, add_recording_arguments,
 from mirage_ros.ros.recording import commands_from_bag as recorded_commands
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.sensors import RangeScan
-from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator
+from mirage_ros.simulator import RENDERERS, StartSpec, build_simulator, build_world_model
 from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
@@ -106,11 +106,13 @@ def commands_from_bag(path: Path, topic: str = "/cmd_vel") -> Schedule:
 
 def rollout_to_bag(params: dict, schedule: Schedule | Tour, steps: int, output: Path, start: StartSpec | None = None,
                    initial_pose: PlanarPose | None = None, preview: Path | None = None, progress: bool = True,
-                   map_bag: Path | None = None, recording_options: RecordingOptions | None = None) -> Path:
+                   map_bag: Path | None = None, recording_options: RecordingOptions | None = None,
+                   model: WorldModel | None = None) -> Path:
     """Run one rollout into the bag ``output``; returns its path. ``schedule``: timed inputs, or a
     ``Tour`` steered each step from the base's pose and the scan of the last frame. ``map_bag``: the
-    memory is built from every usable frame of this recording first (its odometry frame is the rollout's)."""
-    simulator = build_simulator(params, progress=progress)
+    memory is built from every usable frame of this recording first (its odometry frame is the rollout's).
+    ``model``: the world model of an earlier rollout with these parameters, to use again (``build_simulator``)."""
+    simulator = build_simulator(params, progress=progress, model=model)
     if start is not None:
         simulator.start = start
     if map_bag is not None:
@@ -221,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         outputs = ([args.output] if args.batch == 1 else
                    [args.output / f"rollout_world{params['world_seed'] + i:05d}" for i in range(args.batch)])
         started = time.perf_counter()
+        model = build_world_model(params)  # loaded and traced once for the batch; each rollout resets it
         for index, output in enumerate(outputs):
             run_params = dict(params, world_seed=params["world_seed"] + index)
             rollout_to_bag(run_params, schedule or Tour(), steps, output, start, initial_pose,
                            output.with_suffix(".png") if args.preview else None, map_bag=args.map_bag,
-                           recording_options=recording_options)
+                           recording_options=recording_options, model=model)
         elapsed = time.perf_counter() - started
         print(f"{len(outputs)} rollout(s) of {steps} steps ({steps / params['rate']:.1f} s sim) in {elapsed:.1f} s: "
               f"{steps * len(outputs) / params['rate'] / elapsed:.2f}x real time -> {', '.join(map(str, outputs))}")
