@@ -116,8 +116,7 @@ def calibrate_latents(model: RGBDAutoencoder, frames: FrameDataset, count: int =
 def start_from(source: RGBDAutoencoder, **changes: int | None) -> tuple[RGBDAutoencoder, list[str]]:
     """A new autoencoder with ``source``'s config and ``changes``, holding every weight of ``source`` whose
     name and shape it shares; also the names of the weights that start fresh."""
-    config = {key: value for key, value in source.config.items() if not key.startswith("_")}
-    model = RGBDAutoencoder(**{**config, **changes})
+    model = RGBDAutoencoder.from_config(source.config, **changes)
     own, given = model.state_dict(), source.state_dict()
     shared = {name: value for name, value in given.items() if name in own and own[name].shape == value.shape}
     model.load_state_dict(shared, strict=False)
