@@ -45,7 +45,13 @@ def depth_to_scan(depth: np.ndarray, K: np.ndarray, camera_to_base: np.ndarray, 
     direction; beams with no point are ``inf`` (REP 117: nothing detected within range). The scan spans the camera's
     horizontal field of view around its heading.
     """
-    points = depth_to_points(depth, K)
+    return points_to_scan(depth_to_points(depth, K), camera_to_base, hfov, config)
+
+
+def points_to_scan(points: np.ndarray, camera_to_base: np.ndarray, hfov: float,
+                   config: ScanConfig = ScanConfig()) -> tuple[float, float, np.ndarray]:
+    """``depth_to_scan`` of the camera-frame points ``depth_to_points`` gave (for a caller that also
+    publishes them, so they are computed once)."""
     base = points @ camera_to_base[:3, :3].T + camera_to_base[:3, 3]
     heading = math.atan2(camera_to_base[1, 2], camera_to_base[0, 2])  # optical z projected on the ground
     count = int(math.floor(hfov / config.angle_increment)) + 1

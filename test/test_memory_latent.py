@@ -457,6 +457,25 @@ def test_window_median_ignores_invalid_cells_and_the_border():
     assert torch.isnan(window_median(values, torch.zeros_like(valid), 3)).all()
 
 
+def test_cell_layout_gathers_each_pixels_surrounding_and_own_cells():
+    from mirage_ros.memory.projection import cell_layout
+
+    layout = cell_layout(32, 24, 4, 3, torch.device("cpu"))
+    grid = torch.randn(4, 3, 2)
+    around, own = layout.around(grid), layout.own(grid)
+    assert around.shape == (4, 32, 24, 2) and own.shape == (32, 24, 2)
+    for v, u in ((0, 0), (5, 13), (12, 4), (31, 23), (19, 11)):
+        assert torch.equal(own[v, u], grid[v // 8, u // 8])
+        # Cell centres sit at pixel 3.5 + 8k: the cells above/below and left/right of the pixel centre.
+        y, x = (v - 3.5) / 8, (u - 3.5) / 8
+        top, left = min(max(math.floor(y), 0), 3), min(max(math.floor(x), 0), 2)
+        bottom, right = min(top + 1, 3), min(left + 1, 2)  # at the border the nearest cell repeats (weight 0)
+        expected = [grid[top, left], grid[top, right], grid[bottom, left], grid[bottom, right]]
+        assert all(torch.equal(around[k, v, u], expected[k]) for k in range(4))
+        assert math.isclose(float(layout.weight[:, v, u].sum()), 1.0, rel_tol=1e-6)
+        assert layout.is_own[:, v, u].any()  # the own cell is always among the four
+
+
 @pytest.mark.parametrize("observed", [False, True])
 def test_an_imagined_token_floating_in_front_of_its_surroundings_takes_their_depth(observed):
     """A lone token far in front of the surface around it (an imagined frame whose depth was off) would

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
-                                          intrinsics_tensor, pixel_rays, pose_tensor, project, to_pixel_grid, to_world,
+                                          intrinsics_tensor, pose_tensor, project, to_pixel_grid, to_world,
                                           zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
@@ -259,7 +259,7 @@ class LatentSpatialMemory:
         depths they were seen at ``[M]`` and footprint extents ``[M]`` (metres)."""
         channels, h, w = latent.shape
         p = self.config.patch_size
-        points = pixel_rays(K, h * p, w * p) * depth.unsqueeze(-1)            # camera frame, [H,W,3]
+        points = self._rays(K.cpu().numpy(), h * p, w * p, torch.float64) * depth.unsqueeze(-1)  # camera frame, [H,W,3]
         normals = surface_normals(points, usable)
         patches = lambda x: x.reshape(h, p, w, p, *x.shape[2:]).transpose(1, 2).reshape(h * w, p * p, *x.shape[2:])
         patch_depth, patch_usable, patch_points = patches(depth), patches(usable), patches(points)

@@ -161,21 +161,19 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class RayCache:
-    """``pixel_rays`` (float32) of the last camera asked for: they depend on nothing but ``K`` and the
-    image size, and a simulator's camera rarely changes."""
+    """``pixel_rays`` of the last camera asked for, per dtype (float32 unless asked): they depend on
+    nothing but ``K`` and the image size, and a simulator's camera rarely changes."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._key: tuple | None = None
-        self._rays: torch.Tensor | None = None
+        self._last: dict[torch.dtype, tuple[tuple, torch.Tensor]] = {}
 
-    def __call__(self, K: np.ndarray, height: int, width: int) -> torch.Tensor:
+    def __call__(self, K: np.ndarray, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         key = (np.asarray(K, dtype=np.float64).tobytes(), height, width)
-        if self._key != key:
+        if dtype not in self._last or self._last[dtype][0] != key:
             K64 = torch.as_tensor(np.asarray(K, dtype=np.float64), device=self.device)
-            self._rays = pixel_rays(K64, height, width).float()
-            self._key = key
-        return self._rays
+            self._last[dtype] = key, pixel_rays(K64, height, width).to(dtype)
+        return self._last[dtype][1]
 
 
 def clamp_to_floor(depth: torch.Tensor, rays: torch.Tensor, cam_to_world: np.ndarray, floor_height: float,
@@ -268,30 +266,32 @@ class RememberedSurfaces:
         h, w = self.cell_depth.shape
         if height % h or width % w or height // h != width // w:
             raise ValueError(f"latent grid {h}x{w} and image {height}x{width} have different cell sizes")
-        index, weight, is_own, own = cell_layout(height, width, h, w, decoded.device)
-        centre = self.cell_depth.reshape(h * w).float()
-        centres, own_centre = centre[index], centre[own]                                  # [4,H,W], [H,W]
+        layout = cell_layout(height, width, h, w, decoded.device)
+        weight = layout.weight
+        centre = self.cell_depth.float()
+        centres, own_centre = layout.around(centre), layout.own(centre)                  # [4,H,W], [H,W]
         covered = torch.isfinite(own_centre)
         # Scale: blended over the surrounding cells at a depth like the pixel's own cell's.
-        near = (torch.isfinite(centres) & ((centres - own_centre).abs() <= same_surface * own_centre)) | is_own
+        near = (torch.isfinite(centres) & ((centres - own_centre).abs() <= same_surface * own_centre)) | layout.is_own
         near_weight = weight * near
-        log_scale = torch.nan_to_num(torch.log(self.cell_scale.reshape(h * w).float()))[index]
+        log_scale = layout.around(torch.nan_to_num(torch.log(self.cell_scale.float())))
         scale = torch.exp((near_weight * log_scale).sum(0) / near_weight.sum(0))
         guide = decoded.float() * torch.where(covered, scale, torch.ones_like(scale))
         if self.settled is not None:  # an outlier's decoded depth stays within reach of its surroundings'
-            settled = self.settled.reshape(h * w)[own]
+            settled = layout.own(self.settled)
             bounded = torch.minimum(torch.maximum(guide, own_centre / OUTLIER_RATIO), own_centre * OUTLIER_RATIO)
             guide = torch.where(settled, bounded, guide)
         # Candidates: the depth on each surrounding token's plane along this pixel's ray.
-        plane = self.planes.reshape(h * w, 4).float()
-        normals = plane[:, :3][index]                                                    # [4,H,W,3]
-        candidate = plane[:, 3][index] / (normals * self.rays).sum(-1)
+        plane = self.planes.float()
+        normal = [layout.around(plane[..., axis]) for axis in range(3)]                  # 3 x [4,H,W]
+        facing = normal[0] * self.rays[..., 0] + normal[1] * self.rays[..., 1] + normal[2] * self.rays[..., 2]
+        candidate = layout.around(plane[..., 3]) / facing
         usable = (torch.isfinite(candidate) & (candidate > 0) & (weight > 0)  # weight 0: repeats at the border
                   & ((candidate - centres).abs() <= max_deviation * centres))
         candidate = torch.where(usable, candidate, torch.full_like(candidate, float("inf")))
         best = nearest_candidate(candidate, guide)
         tolerance = (same_surface if self.imagined is None else
-                     torch.where(self.imagined.reshape(h * w)[own], imagined_same_surface, same_surface))
+                     torch.where(layout.own(self.imagined), imagined_same_surface, same_surface))
         together_weight = weight * (usable & ((candidate - best).abs() <= tolerance * best))
         blended = (together_weight * torch.where(together_weight > 0, candidate, torch.zeros_like(candidate))).sum(0)
         blended = blended / together_weight.sum(0).clamp_min(1e-12)
@@ -356,27 +356,52 @@ def window_median(values: torch.Tensor, valid: torch.Tensor, window: int) -> tor
     return F.unfold(padded, window)[0].nanmedian(0).values.reshape(values.shape)
 
 
+@dataclass(frozen=True)
+class CellLayout:
+    """For every pixel of an ``H x W`` image, the four latent cells (of an ``h x w`` grid) whose centres
+    surround it, in the order top-left, top-right, bottom-left, bottom-right, and the cell it lies in.
+    ``weight [4,H,W]``: float32 bilinear weights (summing to 1; at the border the nearest cells repeat
+    with weight 0); ``is_own [4,H,W]``: which of the four is the pixel's own cell. A pixel's cells depend
+    on its row and its column alone, so a map of cells is gathered one axis at a time (``around``,
+    ``own``): two small gathers take a third of the time of one flat gather of every pixel."""
+
+    rows: torch.Tensor          # [2,H] the cell row whose centre is above / below each pixel row
+    columns: torch.Tensor       # [2,W] the cell column left / right of each pixel column
+    own_rows: torch.Tensor      # [H]
+    own_columns: torch.Tensor   # [W]
+    weight: torch.Tensor
+    is_own: torch.Tensor
+
+    def around(self, grid: torch.Tensor) -> torch.Tensor:
+        """``grid [h,w,...]`` at each pixel's four surrounding cells: ``[4,H,W,...]``."""
+        top, bottom = grid.index_select(0, self.rows[0]), grid.index_select(0, self.rows[1])
+        left, right = self.columns
+        return torch.stack([top.index_select(1, left), top.index_select(1, right),
+                            bottom.index_select(1, left), bottom.index_select(1, right)])
+
+    def own(self, grid: torch.Tensor) -> torch.Tensor:
+        """``grid [h,w,...]`` at each pixel's own cell: ``[H,W,...]``."""
+        return grid.index_select(0, self.own_rows).index_select(1, self.own_columns)
+
+
 @functools.lru_cache(maxsize=8)
-def cell_layout(height: int, width: int, h: int, w: int, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For every pixel of an ``height x width`` image, the four latent cells (of an ``h x w`` grid)
-    whose centres surround it: flat cell indices ``[4,H,W]``, float32 bilinear weights ``[4,H,W]``
-    (summing to 1; at the border the nearest cells repeat with weight 0), which of the four is the
-    pixel's own cell ``[4,H,W]`` and the own cell's index ``[H,W]``. Fixed per image and grid size,
-    so kept."""
+def cell_layout(height: int, width: int, h: int, w: int, device: torch.device) -> CellLayout:
+    """The ``CellLayout`` of an ``height x width`` image on an ``h x w`` grid (fixed per size, so kept)."""
     def axis(pixels: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         position = (torch.arange(pixels, dtype=torch.float64, device=device) + 0.5) * cells / pixels - 0.5
         low = torch.floor(position).clamp(0, cells - 1)
         fraction = (position - low).clamp(0.0, 1.0)
-        return low.long(), (low + 1).clamp(max=cells - 1).long(), fraction
+        return torch.stack([low.long(), (low + 1).clamp(max=cells - 1).long()]), fraction
 
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
-    y0, y1, fy = y0[:, None], y1[:, None], fy[:, None]
-    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+    rows, fy = axis(height, h)
+    columns, fx = axis(width, w)
+    fy = fy[:, None]
     weight = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx]).float()
-    own = to_pixel_grid(torch.arange(h * w, device=device).reshape(h, w), height // h)
-    return index, weight, index == own, own
+    own_rows = torch.arange(height, device=device) // (height // h)
+    own_columns = torch.arange(width, device=device) // (width // w)
+    is_own = torch.stack([(rows[i][:, None] == own_rows[:, None]) & (columns[j][None, :] == own_columns[None, :])
+                          for i in (0, 1) for j in (0, 1)])
+    return CellLayout(rows, columns, own_rows, own_columns, weight, is_own)
 
 
 def project(camera: torch.Tensor, K: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from mirage_ros.camera import CameraMount, PinholeCamera
 from mirage_ros.ros.conversions import camera_info_msg, depth_image_msg, odometry_msg, point_cloud_msg, rgb_image_msg
-from mirage_ros.sensors import ScanConfig, depth_to_points, depth_to_scan
+from mirage_ros.sensors import ScanConfig, depth_to_points, points_to_scan
 from mirage_ros.simulator import SimFrame
 
 #: Topic (relative to the robot namespace) -> message class, for every per-step output.
@@ -75,12 +75,12 @@ def frame_messages(frame: SimFrame, stamp: Time, camera: PinholeCamera, mount: C
         "camera/depth/camera_info": info,
         "odom": odometry_msg(frame.pose, frame.velocity, stamp, output.odom_frame, output.base_frame),
     }
+    points = depth_to_points(result.depth, camera.K) if output.depth_points or output.scan is not None else None
     if output.depth_points:
-        messages["camera/depth/points"] = point_cloud_msg(depth_to_points(result.depth, camera.K), None, stamp,
-                                                          output.optical_frame)
+        messages["camera/depth/points"] = point_cloud_msg(points, None, stamp, output.optical_frame)
     if output.scan is not None:
         scan = output.scan
-        angle_min, angle_max, ranges = depth_to_scan(result.depth, camera.K, mount.base_to_optical, camera.hfov, scan)
+        angle_min, angle_max, ranges = points_to_scan(points, mount.base_to_optical, camera.hfov, scan)
         msg = LaserScan(angle_min=angle_min, angle_max=angle_max, angle_increment=scan.angle_increment,
                         time_increment=0.0, scan_time=0.0, range_min=scan.range_min, range_max=scan.range_max)
         msg.header.stamp, msg.header.frame_id = stamp, output.base_frame
