@@ -8,7 +8,8 @@ first two write identical bags.
 
 ``--compare-to`` adds the traced bfloat16 rollout of another checkpoint, each repeat run right after the
 shipped model's, so both meet the same machine load (the tour is steered by what each model shows, so
-the two drive somewhat different paths).
+the two drive somewhat different paths: each line says how many denoiser calls its path took, the step's
+most variable cost).
 
 The node runs at ``rate`` steps per sim second; the issue asks the offline CLI for at least 3x that.
 Each run writes a complete bag (images, depth, infos, points, scan, odometry, TF, clock, commands)
@@ -28,6 +29,7 @@ import torch
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
 from mirage_ros.ros.rollout import rollout_to_bag
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
+from mirage_ros.simulator import build_world_model
 from mirage_ros.tour import Tour
 
 
@@ -45,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    factors, digests = {}, {}
+    factors, digests, calls = {}, {}, {}
     variants = dict(SHIPPED)
     groups = [[name] for name in SHIPPED]
     if args.compare_to is not None:
@@ -64,13 +66,16 @@ def main() -> int:
                 steps = int(round(args.duration * params["rate"]))
                 with tempfile.TemporaryDirectory() as folder:
                     started = time.perf_counter()
-                    bag = rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False)
+                    model = build_world_model(params)  # timed too, as rollout_to_bag would load it
+                    bag = rollout_to_bag(params, Tour(), steps, Path(folder) / "bag", progress=False, model=model)
                     best[name] = min(best[name], time.perf_counter() - started)
+                    calls[name] = model.denoiser_calls
                     digests[name] = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(bag.rglob("*.mcap"))))
         for name in group:
             factors[name] = args.duration / best[name]
             print(f"{name:>14}: {steps} steps ({args.duration:g} s sim at {params['rate']:g} Hz) in {best[name]:.1f} s "
-                  f"= {1000 * best[name] / steps:.1f} ms/step, {factors[name]:.2f}x real time")
+                  f"= {1000 * best[name] / steps:.1f} ms/step, {factors[name]:.2f}x real time, "
+                  f"{calls[name]} denoiser calls on its path")
     same = digests["float32 traced"].digest() == digests["float32 eager"].digest()
     print(f"float32 traced and eager bags identical: {'yes' if same else 'NO'}")
     print(f"traced / eager float32 speed: {factors['float32 traced'] / factors['float32 eager']:.2f}x; bfloat16 / "

@@ -63,6 +63,10 @@ def test_seeded_rollouts_are_identical():
         np.testing.assert_array_equal(a, b)
 
 
+#: A quarter turn about the camera's y axis (down in the optical frame): a view away from the start.
+QUARTER_TURN = np.array([[0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
 def test_stochastic_sampling_follows_the_sampling_config():
     """Switching ``sampling`` switches the scheduler: the stochastic sampler generates another frame than the
     ODE sampler (the default), and draws its fresh noise from the model's seeded generator."""
@@ -70,7 +74,7 @@ def test_stochastic_sampling_follows_the_sampling_config():
     for model in (stochastic, again):
         model.sampling = replace(model.sampling, stochastic_sampling=True)
     assert stochastic.scheduler.config.stochastic_sampling and not ordinary.scheduler.config.stochastic_sampling
-    turned = START @ np.array([[0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    turned = START @ QUARTER_TURN
     frames = []
     for model in (stochastic, ordinary, again):
         model.reset(*observation(), CAMERA.K, START)
@@ -81,6 +85,16 @@ def test_stochastic_sampling_follows_the_sampling_config():
     torch.testing.assert_close(frames[0], frames[2], rtol=0, atol=0)
 
 
+def test_denoiser_calls_add_up_over_a_path_and_restart_with_it():
+    model = tiny_model()
+    model.reset(*observation(), CAMERA.K, START)
+    turned = START @ QUARTER_TURN
+    calls = [model.step(pose).denoiser_calls for pose in (turned, START, turned @ QUARTER_TURN, START)]
+    assert calls[0] == model.sampling.num_inference_steps and model.denoiser_calls == sum(calls)
+    model.reset(*observation(), CAMERA.K, START)
+    assert model.denoiser_calls == 0 and model.steps == 0
+
+
 def test_remembered_view_is_kept_verbatim_or_redrawn():
     kept, redrawn = tiny_model(), tiny_model()
     redrawn.sampling = SamplingConfig(num_inference_steps=2, keep_remembered=False)
@@ -89,7 +103,7 @@ def test_remembered_view_is_kept_verbatim_or_redrawn():
 
     result = kept.step(START)
     assert result.coverage == 1.0
-    assert result.denoiser_calls == 0  # a fully remembered view is not denoised
+    assert result.denoiser_calls == 0 and kept.denoiser_calls == 0  # a fully remembered view is not denoised
     rgb, depth = observation()
     with torch.inference_mode():
         latent = kept.autoencoder.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0,

@@ -208,6 +208,7 @@ class WorldModel:
         self._cameras: list[CameraTrack] = []  # camera 0 first; empty before reset / load_memory
         self._generator = torch.Generator(device=self.device)
         self.steps = 0
+        self.denoiser_calls = 0  # denoiser evaluations since the last start, over all cameras: the cost of a path
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -287,7 +288,7 @@ class WorldModel:
         self._cameras = []
         self._observe(*arguments)
         self._generator.manual_seed(self.seed)
-        self.steps = 0
+        self.steps = self.denoiser_calls = 0
 
     @torch.inference_mode()
     def observe(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> int:
@@ -333,7 +334,7 @@ class WorldModel:
         self._cameras = []
         coverage = self.add_camera(cam_to_world)
         self._generator.manual_seed(self.seed)
-        self.steps = 0
+        self.steps = self.denoiser_calls = 0
         return coverage
 
     @torch.inference_mode()
@@ -447,6 +448,7 @@ class WorldModel:
 
         self._cameras = [CameraTrack(frame.latent, frame.cam_to_world) for frame in frames]
         self.steps += 1
+        self.denoiser_calls += sum(output.denoiser_calls)
         return [StepResult((frame.rgb.permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy(),
                            frame.depth.float().cpu().numpy(), view.coverage_fraction, timings, calls,
                            frame.latent.float().cpu())
