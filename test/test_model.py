@@ -140,6 +140,8 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
     for ours, theirs in zip(model.denoiser.state_dict().values(), loaded.denoiser.state_dict().values()):
         torch.testing.assert_close(ours.half().float(), theirs)  # stored as fp16
     weights = tmp_path / "ckpt" / "denoiser" / "diffusion_pytorch_model.safetensors"
+    # Readable as the configs are (diffusers alone leaves its weight files private to their writer).
+    assert weights.stat().st_mode & 0o777 == (tmp_path / "ckpt" / "denoiser" / "config.json").stat().st_mode & 0o777
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="cannot load MemoryConditionedDenoiser"):
         WorldModel.from_pretrained(tmp_path / "ckpt")

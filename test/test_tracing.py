@@ -55,6 +55,10 @@ def test_traced_calls_match_eager_and_trace_once_per_signature():
         net.conv.weight.mul_(-1.0)  # trained or loaded in place: the traces hold the parameters themselves
     with torch.inference_mode():
         assert torch.equal(calls(net.forward, x, extra), net(x, extra))
+    # Cast and back, as WorldModel.save_pretrained does: the parameters' data is swapped, and the traces follow.
+    torch.nn.Module.to(torch.nn.Module.to(net, torch.float16), torch.float32)
+    with torch.inference_mode():
+        assert torch.equal(calls(net.forward, x, extra), net(x, extra)) and calls.num_traces == 3
 
 
 def test_a_network_computes_in_its_weights_dtype_and_answers_in_float32():

@@ -20,6 +20,7 @@ tells them apart.
 from __future__ import annotations
 
 import json
+import stat
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -253,6 +254,11 @@ class WorldModel:
             # nn.Module.to: every weight is cast (diffusers' own .to() warns about mixed-precision modules).
             torch.nn.Module.to(component, dtype).save_pretrained(root / name, safe_serialization=True)
             torch.nn.Module.to(component, original)
+            # diffusers writes the weights through a private temporary file (mode 0600); give them the
+            # permissions of the config written beside them, so a shared checkpoint folder is readable.
+            mode = stat.S_IMODE((root / name / "config.json").stat().st_mode)
+            for weights in (root / name).glob("*.safetensors"):
+                weights.chmod(mode)
         settings = {"format_version": SETTINGS_VERSION, "image_size": list(self.image_size),
                     "sampling": asdict(self.sampling), "memory": asdict(self.memory_config)}
         (root / "world_model.json").write_text(json.dumps(settings, indent=2) + "\n")
