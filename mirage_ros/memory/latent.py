@@ -262,9 +262,11 @@ class LatentSpatialMemory:
         points = self._rays(K.cpu().numpy(), h * p, w * p, torch.float64) * depth.unsqueeze(-1)  # camera frame, [H,W,3]
         normals = surface_normals(points, usable)
         patches = lambda x: x.reshape(h, p, w, p, *x.shape[2:]).transpose(1, 2).reshape(h * w, p * p, *x.shape[2:])
-        patch_depth, patch_usable, patch_points = patches(depth), patches(usable), patches(points)
-        patch_normals = patches(normals)
-        enough = patch_usable.float().mean(1) >= self.config.min_valid_fraction
+        # Only patches with enough usable pixels can become tokens (few, where a generated frame adds to a
+        # memory that shows most of it): the rest of the lift runs on those alone, patch by patch.
+        cells = torch.nonzero(patches(usable).float().mean(1) >= self.config.min_valid_fraction).squeeze(1)
+        patch_depth, patch_usable, patch_points = patches(depth)[cells], patches(usable)[cells], patches(points)[cells]
+        patch_normals = patches(normals)[cells]
         # Largest relative gap between consecutive sorted valid depths: a discontinuity splits the
         # patch and only its near side is kept.
         sorted_depth = torch.sort(torch.where(patch_usable, patch_depth, torch.full_like(patch_depth, float("inf"))), 1).values
@@ -275,7 +277,6 @@ class LatentSpatialMemory:
                             torch.full_like(gap, float("inf")))
         member = patch_usable & (patch_depth <= limit[:, None])
         count = member.sum(1)
-        token = enough & (count > 0)
         # The token sits on a real surface point: the member pixel nearest the members' image centroid
         # (a 3D mean would float in front of concave creases such as a wall meeting the ceiling).
         offsets = torch.stack(torch.meshgrid(torch.arange(p, device=depth.device), torch.arange(p, device=depth.device),
@@ -284,7 +285,7 @@ class LatentSpatialMemory:
         centroid = (weights @ offsets) / count.clamp_min(1).unsqueeze(-1).to(depth.dtype)
         distance = ((offsets[None] - centroid[:, None]) ** 2).sum(-1)
         chosen = torch.argmin(torch.where(member, distance, torch.full_like(distance, float("inf"))), dim=1)
-        rows = torch.arange(h * w, device=depth.device)
+        rows = torch.arange(cells.numel(), device=depth.device)
         surface, normal = patch_points[rows, chosen], patch_normals[rows, chosen]
         # Its normal comes from the members' pixel normals within 90 degrees of that pixel's (members across
         # a crease, the floor beside a wall, stay out). From a generated frame, their mean: one pixel's
@@ -298,10 +299,10 @@ class LatentSpatialMemory:
         else:
             normal = _unit((patch_normals * same_side[..., None]).sum(1))
         extent = p * surface[:, 2] / K[0, 0]                                   # token footprint in metres
-        ids = torch.nonzero(token).squeeze(1)
+        ids = torch.nonzero(count > 0).squeeze(1)
         world = to_world(surface[ids], cam_to_world)
         world_normals = normal[ids] @ cam_to_world[:3, :3].T
-        features = latent.reshape(channels, h * w).T[ids]
+        features = latent.reshape(channels, h * w).T[cells[ids]]
         return world, world_normals, features, surface[ids, 2], extent[ids]
 
     @torch.inference_mode()
