@@ -30,6 +30,11 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     # True rooms have obstacle borders, but on few pixel pairs; an untrained model's depth has more.
     assert 0.0 < long["truth_depth_step_share"] < 0.05 and long["depth_step_share"] > long["truth_depth_step_share"]
     assert "obstacle borders" in (output / "report.md").read_text()
+    # Fog: contrast against the truth's, over the drives and for the worst of them (an untrained model's frames
+    # are noise, not fog: any positive ratio).
+    lowest = long["contrast_ratio_lowest_drive"]
+    assert 0.0 < lowest["ratio"] <= long["contrast_ratio_after_first_third"] < 100.0
+    assert lowest["kind"] in evaluate.LONG_KINDS and "luminance contrast" in (output / "report.md").read_text()
     for variant in evaluate.VARIANTS:
         timings = metrics[variant]["step_ms_median"]
         assert timings["total"] > 0 and set(timings) == {"read", "denoise", "decode", "write", "total"}

@@ -127,3 +127,17 @@ def test_depth_step_share_counts_obstacle_borders_not_slopes_or_missing_depth():
     assert depth_step_share(jagged) > depth_step_share(wall)
     sky = np.full((16, 16), np.nan)  # nothing hit anywhere: read as far, no border
     assert depth_step_share(sky) == 0.0
+
+
+def test_contrast_ratio_is_one_for_the_truth_and_falls_with_fog():
+    from mirage_ros.training.metrics import contrast_ratio, luminance_contrast
+
+    rng = np.random.default_rng(0)
+    truth = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    assert luminance_contrast(np.full((8, 8, 3), 128, np.uint8)) == 0.0
+    stripes = np.zeros((8, 8, 3), np.uint8)
+    stripes[:, ::2] = 255  # half black, half white: luminance 0 or 1
+    assert luminance_contrast(stripes) == pytest.approx(0.5)
+    assert contrast_ratio(truth, truth) == pytest.approx(1.0)
+    fog = [(0.25 * frame + 96).astype(np.uint8) for frame in truth]  # a quarter of the contrast, greyed
+    assert contrast_ratio(fog, truth) == pytest.approx(0.25, abs=0.01)

@@ -46,9 +46,9 @@ from PIL import Image, ImageDraw
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.model.world_model import PRECISIONS, WorldModel, resolve_precision
-from mirage_ros.training.metrics import (DEPTH_STEP, INSIDE_DEPTH, INSIDE_SHARE, camera_inside_surface, depth_abs_rel,
-                                         depth_step_share, heights_above_floor, psnr, reprojection_psnr, seam_ratio,
-                                         ssim, visible_in)
+from mirage_ros.training.metrics import (DEPTH_STEP, INSIDE_DEPTH, INSIDE_SHARE, camera_inside_surface, contrast_ratio,
+                                         depth_abs_rel, depth_step_share, heights_above_floor, psnr, reprojection_psnr,
+                                         seam_ratio, ssim, visible_in)
 from mirage_ros.training.realism import frame_tensor, two_sample_accuracy
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.contact_sheet import colorize_depth
@@ -114,7 +114,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     replayed = {variant: {"psnr": [], "absrel": []} for variant in REPLAY_VARIANTS}
     long = {"true": [], "generated": [], "reconstructed": [], "group": [], "last_third": [], "late_rgb": [],
             "late_depth": [], "reprojection": [], "truth_reprojection": [], "inside": [], "truth_inside": [],
-            "depth_steps": [], "truth_depth_steps": []}
+            "depth_steps": [], "truth_depth_steps": [], "contrast": []}
     examples = {}
     for world_seed in seeds_for("test", worlds):
         world = generate_world(world_seed)
@@ -193,7 +193,9 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
         "inside_surface_share": float(np.mean(long["inside"])),
         "truth_inside_surface_share": float(np.mean(long["truth_inside"])),
         "depth_step_share": float(np.mean(long["depth_steps"])),
-        "truth_depth_step_share": float(np.mean(long["truth_depth_steps"]))}
+        "truth_depth_step_share": float(np.mean(long["truth_depth_steps"])),
+        "contrast_ratio_after_first_third": float(np.mean([ratio for *_, ratio in long["contrast"]])),
+        "contrast_ratio_lowest_drive": dict(zip(("world", "kind", "ratio"), min(long["contrast"], key=lambda d: d[2])))}
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
@@ -229,6 +231,10 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
                                                               out["depth"][t + 1], poses[t + 1], camera.K))
                 long["truth_reprojection"].append(reprojection_psnr(*truth[t], poses[t], *truth[t + 1], poses[t + 1],
                                                                     camera.K))
+        # Fog: how much contrast the frames keep once the start view is behind (from a third of the drive on).
+        later = range(frames // 3, frames)
+        long["contrast"].append((world_seed, kind, contrast_ratio([out["rgb"][t] for t in later],
+                                                                  [truth[t][0] for t in later])))
 
 
 def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
@@ -370,6 +376,7 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
                      f"{fmt(s['covered_frame_psnr_db'])} | {s['covered_frames']} | "
                      f"{t['read']:.1f} / {t['denoise']:.1f} / {t['decode']:.1f} / {t['write']:.1f} = {t['total']:.1f} |")
     g = summary["long_rollouts"]
+    lowest = g["contrast_ratio_lowest_drive"]
     lines += ["", f"Long rollouts ({g['steps_per_rollout']} steps of each of {', '.join(g['kinds'])} per world, latent "
               f"memory, {g['frames']} frames): realism two-sample accuracy (a small CNN telling generated from true "
               "RGB-D frames at the same poses, tested on held-out worlds; 0.5 = indistinguishable) and drift:", "",
@@ -385,7 +392,10 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
               f"| frames with the camera inside a surface (over {INSIDE_SHARE:.0%} of the image nearer than "
               f"{INSIDE_DEPTH} m) | {g['inside_surface_share']:.1%} | {g['truth_inside_surface_share']:.1%} (truth) |",
               f"| neighbouring pixels with a depth step over {DEPTH_STEP} in log depth (what a costmap reads as obstacle "
-              f"borders) | {g['depth_step_share']:.2%} | {g['truth_depth_step_share']:.2%} (truth) |"]
+              f"borders) | {g['depth_step_share']:.2%} | {g['truth_depth_step_share']:.2%} (truth) |",
+              f"| luminance contrast from a third of each drive on, over the truth's (fog: well under 1): mean over "
+              f"drives; lowest drive (world, kind) | {g['contrast_ratio_after_first_third']:.2f}; "
+              f"{lowest['ratio']:.2f} ({lowest['world']}, {lowest['kind']}) | 1 (truth) |"]
     lines += ["", f"Replay: memory built from a {MAPPING_FRAMES}-frame ground-truth mapping run "
               "(`WorldModel.reset` + `observe`), then another route of "
               f"{REPLAY_FRAMES} frames; scored on the pixels the mapping run saw, in frames where they are at least "

@@ -119,6 +119,19 @@ def reprojection_psnr(rgb: np.ndarray, depth: np.ndarray, cam_to_world: np.ndarr
     return min(psnr(np.asarray(next_rgb), landed, consistent), 60.0)
 
 
+def luminance_contrast(rgb: np.ndarray) -> float:
+    """Standard deviation of the luminance (mean of the channels, 0..1) of an ``[H,W,3]`` uint8 frame: how
+    much a view shows. Imagined drives that collapse into fog lose it; a true room keeps it."""
+    return float((np.asarray(rgb, dtype=np.float64) / 255.0).mean(-1).std())
+
+
+def contrast_ratio(generated: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """Mean ``luminance_contrast`` of the generated frames over that of the true frames at the same poses:
+    1 keeps the truth's contrast, well under 1 is fog."""
+    reference = float(np.mean([luminance_contrast(frame) for frame in truth]))
+    return float(np.mean([luminance_contrast(frame) for frame in generated])) / max(reference, 1e-12)
+
+
 #: The camera is "inside a surface" when more than ``INSIDE_SHARE`` of the image is nearer than ``INSIDE_DEPTH``:
 #: the floor is never that near (the camera is 0.35 m or more above it), and a robot that close to a wall has
 #: already hit it. A planner reading such depth sees itself boxed in.
