@@ -22,8 +22,11 @@ from the first frame and generates the rest. Reported:
   place) with the default latent memory: realism as a two-sample test (``realism.py``: can a small
   CNN tell generated RGB-D frames from true ones at the same poses? 0.5 = no), over the whole rollouts
   and over their last third (drift), beside the same test against the autoencoder's reconstructions of
-  the true frames (what "indistinguishable" measures here); seam ratios over the last third; and the
+  the true frames (what "indistinguishable" measures here); seam ratios over the last third; the
   photometric consistency of consecutive frames reprojected with their own depth, beside the truth's;
+  the frames with the camera inside a surface and the depth steps a costmap reads as obstacle borders,
+  beside the truth's; and the fog: luminance contrast from a third of each drive on, over the truth's
+  (mean over the drives, and the lowest drive);
 - geometry of the depth a planner reads, beside the ground truth's: token-seam ratios of depth and
   RGB (do 8x8 latent cells show as blocks?), the share of depth points below the floor, and the
   depth AbsRel on floor pixels the start observation did not see (imagined floor);
