@@ -57,6 +57,22 @@ def test_poses_input_and_batch(tiny_checkpoint, tmp_path):
     assert read_bag(tmp_path / "alone") == read_bag(tmp_path / "sweep" / bags[1])
 
 
+def test_parallel_jobs_write_the_bags_a_rollout_alone_writes_with_their_threads(tiny_checkpoint, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    assert run(tiny_checkpoint, tmp_path / "sweep", "--duration", "0.4", "--batch", "3", "--jobs", "2") == 0
+    bags = sorted((tmp_path / "sweep").iterdir())
+    assert [bag.name for bag in bags] == [f"rollout_world{i:05d}" for i in range(3)]
+    try:  # each of the 2 workers ran with half the threads: a rollout alone with as many writes the same bag
+        torch.set_num_threads(max(1, threads // 2))
+        assert run(tiny_checkpoint, tmp_path / "alone", "--duration", "0.4", "--world-seed", "2") == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert read_bag(tmp_path / "alone") == read_bag(bags[2])
+    assert run(tiny_checkpoint, tmp_path / "bad", "--batch", "2", "--jobs", "0") == 2
+
+
 @pytest.mark.parametrize("content, message", [
     ("t,vx,vy,wz\n0.0,nan,0,0\n", "NaN"),
     ("t,vx,vy,wz\n0.0,0.1,0,0\n0.0,0.2,0,0\n", "increase"),
