@@ -2,9 +2,9 @@
 
 On a CPU the denoiser runs about 400 small operations on a 16x16 grid, and dispatching them from Python
 (module calls, diffusers' control flow) takes about as long as the arithmetic. A trace records the
-operations of one call and replays them from C++: the same kernels in the same order, so the results are
-bit-identical to eager PyTorch, and the denoiser takes ~40 % less time (the decoder, whose time is
-arithmetic, ~10 %).
+operations of one call and replays them from C++: the same kernels in the same order, so on a CPU the
+results are bit-identical to eager PyTorch (on CUDA TorchScript may fuse elementwise kernels), and the
+denoiser takes ~40 % less time (the decoder, whose time is arithmetic, ~10 %).
 
 A trace is taken per network method and per input signature (shapes, dtypes, devices, which arguments
 are ``None``) on its second use, in a fraction of a second: a call made once (encoding a rollout's start
@@ -41,6 +41,15 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_cast(item, dtype) for item in value)
     return value
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value`` (also inside tuples and lists)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
 
 
 def _signature(value: Any) -> Any:
@@ -92,8 +101,10 @@ class TracedCalls:
             self._traces[key] = (reference, trace)
         if trace is None:  # tracing failed once: eager from then on
             return method(*args)
-        with torch.jit.optimized_execution(False):  # see _trace
-            return trace(*(arg for arg in args if arg is not None))
+        inputs = [arg for arg in args if arg is not None]
+        on_cpu = all(tensor.device.type == "cpu" for tensor in _tensors(inputs))
+        with torch.jit.optimized_execution(not on_cpu):  # see _trace
+            return trace(*inputs)
 
     def warm(self, method: Callable[..., torch.Tensor], *args: Any) -> None:
         """Make the call now so that the next one with this signature replays its trace: a first call runs
@@ -113,10 +124,11 @@ class TracedCalls:
         The method is traced as a plain function, so its parameters enter the graph as constants: the
         tensors themselves, not copies. Tracing the module instead mirrors every submodule as a
         ScriptModule, five times the cost (~0.15 s for the decoder). TorchScript takes no constant that
-        requires gradients, so those flags are off while the trace is taken. The trace then runs without
-        the graph executor's optimisation passes (``optimized_execution(False)``): the same kernels in
-        the same order, without two slow profiling runs first (another ~0.1 s a network) and as fast
-        after them."""
+        requires gradients, so those flags are off while the trace is taken. On a CPU the trace then runs
+        without the graph executor's optimisation passes (``optimized_execution(False)``): the same kernels
+        in the same order, without two slow profiling runs first (another ~0.1 s a network) and as fast
+        after them, since TorchScript fuses nothing on a CPU. On CUDA the passes stay on: there they may
+        fuse elementwise kernels, and a step on a GPU is bound by its kernel launches."""
         none_at = tuple(index for index, arg in enumerate(args) if arg is None)
         inputs = tuple(arg for arg in args if arg is not None)
         method = [getattr(module, name)]  # emptied once traced: the trace keeps its function, not the module
