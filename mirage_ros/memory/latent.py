@@ -264,8 +264,9 @@ class LatentSpatialMemory:
         patches = lambda x: x.reshape(h, p, w, p, *x.shape[2:]).transpose(1, 2).reshape(h * w, p * p, *x.shape[2:])
         # Only patches with enough usable pixels can become tokens (few, where a generated frame adds to a
         # memory that shows most of it): the rest of the lift runs on those alone, patch by patch.
-        cells = torch.nonzero(patches(usable).float().mean(1) >= self.config.min_valid_fraction).squeeze(1)
-        patch_depth, patch_usable, patch_points = patches(depth)[cells], patches(usable)[cells], patches(points)[cells]
+        patch_usable = patches(usable)
+        cells = torch.nonzero(patch_usable.float().mean(1) >= self.config.min_valid_fraction).squeeze(1)
+        patch_depth, patch_usable, patch_points = patches(depth)[cells], patch_usable[cells], patches(points)[cells]
         patch_normals = patches(normals)[cells]
         # Largest relative gap between consecutive sorted valid depths: a discontinuity splits the
         # patch and only its near side is kept.

@@ -43,15 +43,6 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    """The tensors in ``value`` (also inside tuples and lists)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [tensor for item in value for tensor in _tensors(item)]
-    return []
-
-
 def _signature(value: Any) -> Any:
     """What a trace is specialised on: tensor shapes, dtypes and devices, and where ``None`` is passed."""
     if isinstance(value, torch.Tensor):
@@ -85,9 +76,10 @@ class TracedCalls:
         weight = next(module.parameters(), None)
         if weight is not None and weight.is_floating_point():
             args = _cast(args, weight.dtype)
-        return _cast(self._call(module, method, args), torch.float32)
+        on_cpu = weight is None or weight.device.type == "cpu"
+        return _cast(self._call(module, method, args, on_cpu), torch.float32)
 
-    def _call(self, module: nn.Module, method: Callable[..., torch.Tensor], args: tuple) -> Any:
+    def _call(self, module: nn.Module, method: Callable[..., torch.Tensor], args: tuple, on_cpu: bool) -> Any:
         if (not self.enabled or torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
             return method(*args)
@@ -101,10 +93,8 @@ class TracedCalls:
             self._traces[key] = (reference, trace)
         if trace is None:  # tracing failed once: eager from then on
             return method(*args)
-        inputs = [arg for arg in args if arg is not None]
-        on_cpu = all(tensor.device.type == "cpu" for tensor in _tensors(inputs))
         with torch.jit.optimized_execution(not on_cpu):  # see _trace
-            return trace(*inputs)
+            return trace(*(arg for arg in args if arg is not None))
 
     def warm(self, method: Callable[..., torch.Tensor], *args: Any) -> None:
         """Make the call now so that the next one with this signature replays its trace: a first call runs
