@@ -579,6 +579,101 @@ def test_a_splat_past_a_token_footprint_only_fills_gaps():
     assert winner[row + 9] == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_points_hidden_far_behind_change_nothing_the_zbuffer_shows(seed):
+    """Random planar points of many depths (half of them seen nearly edge-on), splats of radius 0-2 with
+    footprints, handicaps, a 16x16 or a 2x finer grid: the z-buffer of the points ``hidden_far_behind`` keeps shows exactly what it shows of all
+    of them (the same points, depths and hits), while most are left out; points that do not compete (given
+    to the z-buffer or not) hide nothing."""
+    from mirage_ros.memory.projection import hidden_far_behind, zbuffer
+
+    generator = torch.Generator().manual_seed(seed)
+    count, size = 20_000, 16 * (1 + seed % 2)
+    K = torch.tensor([[size / 2, 0, size / 2 - 0.5], [0, size / 2, size / 2 - 0.5], [0, 0, 1]], dtype=torch.float64)
+    pose = torch.as_tensor(look_at((0.0, 0.0, 1.0), (4.0, 1.0 - seed * 0.3, 1.0 + seed * 0.1)))
+    points = torch.rand(count, 3, generator=generator) * torch.tensor([8.0, 8.0, 2.0]) - torch.tensor([1.0, 4.0, 0.0])
+    normals = torch.randn(count, 3, generator=generator)
+    # Half of the planes seen nearly edge-on, whose depths on neighbouring rays reach the clamps.
+    normals[::2] -= (normals[::2] @ pose[:3, 2].float())[:, None] * pose[:3, 2].float() * 0.98
+    normals = torch.nn.functional.normalize(normals, dim=1)
+    normals = torch.where(((pose[:3, 3].float() - points) * normals).sum(1, keepdim=True) > 0, normals, -normals)
+    footprint = torch.rand(count, generator=generator) * 3.5
+    radius = torch.ceil((footprint - 1) / 2).long().clamp(0, 2)
+    handicap = torch.rand(count, generator=generator)
+    competing = torch.rand(count, generator=generator) > 0.1
+    camera = (points - pose[:3, 3].float()) @ pose[:3, :3].float()
+    hidden = hidden_far_behind(camera, K.float(), (size, size), radius, competing)
+    z = camera[:, 2].clamp_min(1e-3)
+    u, v = size / 2 * camera[:, 0] / z + size / 2 - 0.5, size / 2 * camera[:, 1] / z + size / 2 - 0.5
+    in_view = (camera[:, 2] > 0) & (u > -0.5) & (u < size - 0.5) & (v > -0.5) & (v < size - 0.5)
+    assert 0.25 < float(hidden[in_view].float().mean()) < 1.0
+    given = torch.nonzero(competing).squeeze(1)
+    kept = torch.nonzero(competing & ~hidden).squeeze(1)
+    shown = [zbuffer(points[i], pose, K, (size, size), radius[i], normals[i], handicap[i], footprint[i]) for i in (given, kept)]
+    (winner_all, depth_all, hit_all), (winner_kept, depth_kept, hit_kept) = shown
+    assert (winner_all >= 0).float().mean() > 0.9
+    assert torch.equal(torch.where(winner_all >= 0, given[winner_all.clamp_min(0)], -1),
+                       torch.where(winner_kept >= 0, kept[winner_kept.clamp_min(0)], -1))
+    assert torch.equal(depth_all.nan_to_num(-1), depth_kept.nan_to_num(-1))
+    assert torch.equal(given[hit_all], kept[hit_kept])
+
+
+def test_a_point_up_to_the_bound_behind_can_still_win_and_is_not_hidden():
+    """The bound of ``hidden_far_behind`` is tight: point A, 1 m away and 0.4 pixel off pixel 8's centre,
+    is seen so edge-on that its plane's depth on the centre ray clamps to 1.5 m; point B, 2.2 m away (2.2x
+    A's depth) and 0.3 pixel off the centre, has its plane there clamp to 2.2 / 1.5 = 1.47 m. They are one
+    surface and B, the nearer the centre, wins: it must not be hidden. At 2.4 m B is hidden, and A wins."""
+    from mirage_ros.memory.projection import hidden_far_behind, zbuffer
+
+    K = torch.tensor([[8.0, 0, 7.5], [0, 8.0, 7.5], [0, 0, 1]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    normals = torch.nn.functional.normalize(torch.tensor([[-1.0, 0.0, 0.0125], [-1.0, 0.0, -0.02]]), dim=1).double()
+    for depth_b, b_wins in ((2.2, True), (2.4, False)):
+        points = torch.tensor([[(8.4 - 7.5) / 8, 0.0625, 1.0],
+                               [(7.7 - 7.5) / 8 * depth_b, 0.0625 * depth_b, depth_b]], dtype=torch.float64)
+        winner, _, _ = zbuffer(points, pose, K, (16, 16), normals_world=normals)
+        hidden = hidden_far_behind(points.float(), K.float(), (16, 16), None, torch.ones(2, dtype=torch.bool))
+        assert winner[8 * 16 + 8] == (1 if b_wins else 0)
+        assert hidden.tolist() == [False, not b_wins]
+
+
+def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
+    """``read`` leaves out tokens outside the view's frustum and hidden far behind before its z-buffer runs;
+    with every token facing the camera given to the z-buffer instead (both culls off), each field of the
+    read and the tokens' last use are the same, also for imagined tokens seen too large to be drawn."""
+    import mirage_ros.memory.latent as latent_module
+
+    generator = torch.Generator().manual_seed(0)
+    count = 20_000
+    tensors = {"keys": torch.arange(count, dtype=torch.long),
+               "positions": torch.rand(count, 3, generator=generator) * torch.tensor([10.0, 10.0, 2.5]),
+               "normals": torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=1).half(),
+               "features": torch.randn(count, 8, generator=generator).half(),
+               "view_depths": torch.full((count,), 2.0, dtype=torch.float16), "weights": torch.ones(count),
+               "extents": torch.rand(count, generator=generator) * 0.4 + 0.01,
+               "last_seen": torch.zeros(count, dtype=torch.long),
+               "observed": (torch.rand(count, generator=generator) > 0.5).half()}
+    pose = look_at((5.0, 5.0, 1.0), (9.0, 7.0, 1.2))
+    reads = []
+    for culled in (True, False):
+        memory = LatentSpatialMemory.from_tensors(tensors)
+        memory.write_count = 1
+        if not culled:  # every token facing the camera (the one exact test of ``_visible``)
+            def facing(eye, rotation, *_, memory=memory):
+                ids = torch.nonzero(((eye - memory.positions) * memory.normals.float()).sum(1) > 0).squeeze(1)
+                return ids, (memory.positions[ids] - eye) @ rotation
+            memory._visible = facing
+        with pytest.MonkeyPatch.context() as patch:
+            if not culled:
+                patch.setattr(latent_module, "hidden_far_behind", lambda camera, *_: torch.zeros(len(camera), dtype=torch.bool))
+            reads.append([memory.read(pose, CAMERA.K, (16, 16), supersample=s) for s in (1, 2)] + [memory.last_seen])
+    for field in ("latent", "coverage", "depth", "source_depth", "planes", "offsets", "observed"):
+        for s in range(2):
+            a, b = getattr(reads[0][s], field), getattr(reads[1][s], field)
+            assert torch.equal(a.nan_to_num(-1) if a.is_floating_point() else a, b.nan_to_num(-1) if b.is_floating_point() else b), field
+    assert torch.equal(reads[0][2], reads[1][2]) and int(reads[0][2].sum()) > 100
+
+
 def test_on_one_surface_an_observed_token_is_drawn_over_an_imagined_one():
     """The far wall holds imagined tokens written from A and observed ones from a pose a third of a cell
     to the side. Read from A the imagined tokens sit nearer the cells' centres, yet the observed ones are

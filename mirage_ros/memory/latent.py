@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
-                                          intrinsics_tensor, pose_tensor, project, to_pixel_grid, to_world,
+                                          hidden_far_behind, intrinsics_tensor, pose_tensor, project, to_pixel_grid, to_world,
                                           zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
@@ -67,6 +67,9 @@ MAX_IMAGINED_MAGNIFICATION = 1.8
 #: inside a surface in 13.4 % of long-drive frames against 11.3 % (the read refiner of this release in both).
 SCALE_HANDICAP = 0.5
 IMAGINED_HANDICAP = 4.0
+#: Metres by which the read's first cull (``_visible``) reaches behind the near plane, more than any rounding
+#: difference between its depths and the z-buffer's.
+_CULL_SLACK = 1e-3
 FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen", "observed")
 
 
@@ -400,20 +403,27 @@ class LatentSpatialMemory:
 
     # ------------------------------------------------------------------ read
     def _visible(self, eye: torch.Tensor, rotation: torch.Tensor, K_latent: torch.Tensor, h: int, w: int,
-                 supersample: int = 1) -> torch.Tensor:
-        """Indices (ascending) of the tokens that can be drawn: in front of the camera, projecting
-        within the grid plus the largest splat (and a pixel of rounding margin), and facing the camera
-        (a surface is seen from its front side only, so the far side of a wall never shows through it).
-        A conservative cull: the z-buffer applies the exact tests, so results are those of all tokens."""
-        camera = (self.positions - eye) @ rotation
-        z = camera[:, 2]
+                 supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (ascending) of the tokens that can be drawn, and their camera-frame points: in front of
+        the camera, projecting within the grid plus the largest splat (and a pixel of rounding margin),
+        and facing the camera (a surface is seen from its front side only, so the far side of a wall never
+        shows through it). A conservative cull: the z-buffer applies the exact tests, so results are those
+        of all tokens. That frustum is five half-spaces (the near plane, the grid's four sides), tested on
+        every token with one ``[5,3] @ [3,N]`` product; only the tokens inside are transformed."""
         margin = self.config.max_splat_radius * supersample + 1
-        u, v = project(camera, K_latent, z.clamp_min(NEAR_PLANE))
-        candidate = ((z > NEAR_PLANE) & (u > -margin - 0.5) & (u < w + margin - 0.5)
-                     & (v > -margin - 0.5) & (v < h + margin - 0.5))
-        ids = torch.nonzero(candidate).squeeze(1)
-        front = ((eye - self.positions[ids]) * self.normals[ids].float()).sum(1) > 0
-        return ids[front]
+        low, high_u, high_v = -margin - 0.5, w + margin - 0.5, h + margin - 0.5
+        (fx, skew, cx), (_, fy, cy) = K_latent[0].tolist(), K_latent[1].tolist()
+        # Each row n: a camera-frame point c is inside when n . c > 0 (u > low is fx c_x + skew c_y > (low - cx) c_z).
+        sides = torch.tensor([[fx, skew, cx - low], [-fx, -skew, high_u - cx], [0.0, fy, cy - low],
+                              [0.0, -fy, high_v - cy], [0.0, 0.0, 1.0]], dtype=rotation.dtype, device=self.device)
+        normals = sides @ rotation.T                                            # the same planes in the world
+        offsets = normals @ eye
+        offsets[4] += NEAR_PLANE - _CULL_SLACK
+        inside = torch.addmm(-offsets[:, None], normals, self.positions.T).amin(0) > 0  # amin: ~7x faster than all
+        ids = torch.nonzero(inside).squeeze(1)
+        front = ((eye - self.positions.index_select(0, ids)) * self.normals.index_select(0, ids).float()).sum(1) > 0
+        ids = ids[front]
+        return ids, torch.addmm(-(eye @ rotation)[:, None], rotation.T, self.positions.index_select(0, ids).T).T
 
     @torch.inference_mode()
     def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int],
@@ -433,19 +443,22 @@ class LatentSpatialMemory:
         pose = pose_tensor(cam_to_world, self.device)
         channels = self.channels or 0
         eye, rotation = pose[:3, 3].float(), pose[:3, :3].float()
-        ids = self._visible(eye, rotation, K_latent.float(), h, w, s)
+        ids, camera = self._visible(eye, rotation, K_latent.float(), h, w, s)
         # Footprint in cells of this grid: a token read from where it was written has footprint s (up to
         # rounding), so footprint / s is also how many times larger than then it is seen.
-        camera_z = (self.positions[ids] - eye) @ pose[:3, 2].float()
-        footprint = self.extents[ids] * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
+        camera_z = (self.positions.index_select(0, ids) - eye) @ pose[:3, 2].float()
+        footprint = self.extents.index_select(0, ids) * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
         magnification = footprint / s
-        imagined = self.observed[ids] < OBSERVED_SHARE
+        imagined = self.observed.index_select(0, ids) < OBSERVED_SHARE
         drawn = ~imagined | (magnification <= self.config.max_imagined_magnification)
-        ids, footprint, magnification, imagined = ids[drawn], footprint[drawn], magnification[drawn], imagined[drawn]
-        positions, normals = self.positions[ids], self.normals[ids]
         radius = None
         if self.config.max_splat_radius and ids.numel():
             radius = torch.ceil((footprint - 1.0) / 2 - 1e-3).long().clamp(0, self.config.max_splat_radius * s)
+        # Tokens the z-buffer could not show anyway are left out before it runs (its result is the same).
+        keep = torch.nonzero(drawn & ~hidden_far_behind(camera, K_latent.float(), (h, w), radius, drawn)).squeeze(1)
+        ids, footprint, magnification, imagined = (x.index_select(0, keep) for x in (ids, footprint, magnification, imagined))
+        radius = None if radius is None else radius.index_select(0, keep)
+        positions, normals = self.positions.index_select(0, ids), self.normals.index_select(0, ids)
         handicap = s * (self.config.scale_handicap * magnification.clamp_min(1e-6).log2().abs()
                         + self.config.imagined_handicap * imagined.float())
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap, footprint)
@@ -453,23 +466,23 @@ class LatentSpatialMemory:
         winner = ids[shown[covered]]
         latent = torch.zeros((channels, h * w), dtype=torch.float32, device=self.device)
         if channels:
-            latent[:, covered] = self.features[winner].float().T
+            latent[:, covered] = self.features.index_select(0, winner).float().T
         source_depth = torch.full((h * w,), float("nan"), device=self.device)
-        source_depth[covered] = self.view_depths[winner].float()
+        source_depth[covered] = self.view_depths.index_select(0, winner).float()
         # Each shown token's plane in this camera's frame: n_cam . X_cam = n . (position - eye).
         planes = torch.full((h * w, 4), float("nan"), device=self.device)
-        winner_normals = self.normals[winner].float()
+        winner_normals = self.normals.index_select(0, winner).float()
         planes[covered, :3] = winner_normals @ rotation
-        planes[covered, 3] = (winner_normals * (self.positions[winner] - eye)).sum(1)
+        planes[covered, 3] = (winner_normals * (self.positions.index_select(0, winner) - eye)).sum(1)
         # Sub-cell misalignment: where each shown token's point projects, minus its cell's centre.
         offsets = torch.zeros((h * w, 2), device=self.device)
-        shown_camera = (self.positions[winner] - eye) @ rotation
+        shown_camera = (self.positions.index_select(0, winner) - eye) @ rotation
         u, v = project(shown_camera, K_latent.float(), shown_camera[:, 2].clamp_min(NEAR_PLANE))
         cell = torch.nonzero(covered).squeeze(1)
         offsets[covered, 0] = u - cell % w
         offsets[covered, 1] = v - torch.div(cell, w, rounding_mode="floor")
         observed = torch.zeros(h * w, device=self.device)
-        observed[covered] = self.observed[winner].float()
+        observed[covered] = self.observed.index_select(0, winner).float()
         coverage = covered.reshape(h, w)
         if s == 1:
             self.last_seen[ids[hit]] = self.write_count

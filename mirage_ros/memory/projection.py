@@ -33,6 +33,9 @@ SPLAT_DEPTH_PENALTY = 0.01
 #: With surface normals: candidates whose surfaces lie within this relative depth of each other at the
 #: pixel centre count as the same surface, and the one projecting nearest the centre wins.
 SURFACE_TOLERANCE = 0.03
+#: With surface normals, a point's plane depth on a pixel's ray is clamped to within this factor of the
+#: point's own depth (a plane seen edge-on would otherwise reach any depth).
+PLANE_DEPTH_RANGE = 1.5
 #: Relative difference between a token plane's depth and the decoded depth up to which a remembered
 #: pixel takes the plane's exact depth (``RememberedSurfaces.compose``): 1, within a factor of two. The
 #: decoded depth only has to pick the right surface; a plane is the better estimate of its depth
@@ -413,6 +416,46 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
     return points_camera @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 
 
+#: Relative slack for rounding in ``hidden_far_behind``: its camera coordinates may differ from the
+#: z-buffer's own in the last bits, so it decides nothing that so small a difference could change.
+_ROUNDING_SLACK = 1e-4
+
+
+def hidden_far_behind(camera: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
+                      splat_radius: torch.Tensor | None, competing: torch.Tensor) -> torch.Tensor:
+    """Which points ``zbuffer`` with normals cannot show, so that a caller may leave them out unchanged.
+
+    ``camera [N,3]`` camera-frame points (as ``zbuffer`` would compute them, up to rounding),
+    ``splat_radius [N]`` as ``zbuffer`` takes it, ``competing [N]`` bool: the points it will be given (the
+    others may be hidden too, but hide nothing). A point's ordering depth at any pixel is at least its own
+    depth over ``PLANE_DEPTH_RANGE``, and at most that times its own depth at its own pixel, where it always
+    competes (and covers the pixel, so no gap fill there depends on another point). So a point more than
+    ``PLANE_DEPTH_RANGE ** 2 * (1 + SURFACE_TOLERANCE)`` times deeper than, at every pixel its splat reaches,
+    some point whose own pixel that is can never be on the nearest surface there. Seen from inside a big
+    memory most tokens are such (each latent pixel of a 100k-token room holds dozens), and the z-buffer's
+    work is per candidate. Points whose pixel a rounding difference could change are never left out, nor
+    used to leave others out.
+    """
+    h, w = hw
+    z = camera[:, 2]
+    u, v = project(camera, K, z.clamp_min(NEAR_PLANE))
+    ui, vi = torch.round(u), torch.round(v)
+    clear = ((z > NEAR_PLANE * (1 + _ROUNDING_SLACK)) & ((u - ui).abs() < 0.5 - _ROUNDING_SLACK)
+             & ((v - vi).abs() < 0.5 - _ROUNDING_SLACK) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h))
+    pixel = torch.where(clear, vi * w + ui, torch.zeros_like(ui)).long()
+    # Nearest depths per pixel; points that cannot hide others go to a discarded slot past the last pixel.
+    nearest = torch.full((h * w + 1,), float("inf"), dtype=z.dtype, device=z.device)
+    nearest.scatter_reduce_(0, torch.where(clear & competing, pixel, h * w), z, "amin")
+    nearest = nearest[:-1]
+    # The farthest of those nearest depths over each splat's square (pixels off the grid hold no candidate).
+    radius = torch.zeros_like(pixel) if splat_radius is None else splat_radius
+    grid = nearest.view(1, 1, h, w)
+    reach = torch.stack([nearest] + [F.max_pool2d(grid, 2 * r + 1, stride=1, padding=r).view(-1)
+                                     for r in range(1, int(radius.max()) + 1 if radius.numel() else 1)])
+    limit = PLANE_DEPTH_RANGE ** 2 * (1 + SURFACE_TOLERANCE) * (1 + _ROUNDING_SLACK)
+    return clear & (z > reach[radius, pixel] * limit)
+
+
 def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Tensor, hw: tuple[int, int],
             splat_radius: torch.Tensor | None = None, normals_world: torch.Tensor | None = None,
             handicap: torch.Tensor | None = None,
@@ -497,7 +540,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
             facing = n[:, 0:1] * ray_x + n[:, 1:2] * ray_y + n[:, 2:3]
             offset = (n * surface_points[members]).sum(1, keepdim=True)
             plane = torch.where(facing < -1e-3, offset / facing.clamp(max=-1e-3), depth)
-            depth = torch.minimum(torch.maximum(plane, depth / 1.5), depth * 1.5)
+            depth = torch.minimum(torch.maximum(plane, depth / PLANE_DEPTH_RANGE), depth * PLANE_DEPTH_RANGE)
             distance = torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)
             if handicap is not None:
                 distance = distance + handicap[index[members], None].to(distance.dtype)
