@@ -644,7 +644,7 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
     import mirage_ros.memory.latent as latent_module
 
     generator = torch.Generator().manual_seed(0)
-    count = 20_000
+    count = 60_000
     tensors = {"keys": torch.arange(count, dtype=torch.long),
                "positions": torch.rand(count, 3, generator=generator) * torch.tensor([10.0, 10.0, 2.5]),
                "normals": torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=1).half(),
@@ -664,9 +664,17 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
                 return ids, (memory.positions[ids] - eye) @ rotation
             memory._visible = facing
         with pytest.MonkeyPatch.context() as patch:
-            if not culled:
+            if culled:  # count what the pre-cull leaves out: both reads must use it
+                def counted(*args, original=latent_module.hidden_far_behind):
+                    hidden = original(*args)
+                    left_out.append(int(hidden.sum()))
+                    return hidden
+                left_out = []
+                patch.setattr(latent_module, "hidden_far_behind", counted)
+            else:
                 patch.setattr(latent_module, "hidden_far_behind", lambda camera, *_: torch.zeros(len(camera), dtype=torch.bool))
             reads.append([memory.read(pose, CAMERA.K, (16, 16), supersample=s) for s in (1, 2)] + [memory.last_seen])
+    assert len(left_out) == 2 and min(left_out) > 1000
     for field in ("latent", "coverage", "depth", "source_depth", "planes", "offsets", "observed"):
         for s in range(2):
             a, b = getattr(reads[0][s], field), getattr(reads[1][s], field)

@@ -499,66 +499,63 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     z = camera[:, 2]
     radius = splat_radius if splat_radius is not None else torch.zeros(count, dtype=torch.long, device=device)
     max_radius = int(radius.max())
-    # Cull on the cheap first: behind the camera, NaN (culled by the caller) or outside the grid.
-    ahead = torch.nonzero(z > NEAR_PLANE).squeeze(1)
-    z, camera, radius = z[ahead], camera[ahead], radius[ahead]
+    # Cull on the cheap first: behind the camera, NaN (culled by the caller) or outside the grid. Candidates are
+    # gathered by index (``index_select``) and ones that cannot count are sent to a discarded last pixel
+    # (``trash``) rather than dropped: each boolean-mask gather costs a pass of its own.
     u, v = project(camera, K.to(points_world.dtype), z)
-    ui, vi = torch.round(u).long(), torch.round(v).long()
-    inside = (ui >= -max_radius) & (ui < w + max_radius) & (vi >= -max_radius) & (vi < h + max_radius)
-    keep = torch.nonzero(inside).squeeze(1)
-    index, ui, vi, z, radius = ahead[keep], ui[keep], vi[keep], z[keep], radius[keep]
-    u_exact, v_exact = u[keep], v[keep]
-    half_side = None if footprint is None else (footprint[index].to(points_world.dtype) / 2).clamp_min(0.5)
+    u_round, v_round = torch.round(u), torch.round(v)
+    inside = ((z > NEAR_PLANE) & (u_round >= -max_radius) & (u_round < w + max_radius) & (v_round >= -max_radius)
+              & (v_round < h + max_radius))
+    index = torch.nonzero(inside).squeeze(1)
+    if index.numel() == 0:
+        return winner, depth_out, hit
+    ui, vi = u_round.index_select(0, index).long(), v_round.index_select(0, index).long()
+    z, radius, u_exact, v_exact = (x.index_select(0, index) for x in (z, radius, u, v))
+    half_side = None if footprint is None else (footprint.index_select(0, index).to(points_world.dtype) / 2).clamp_min(0.5)
     if normals_world is not None:
-        surface_normals = normals_world[ahead][keep].to(points_world.dtype) @ rotation
-        surface_points = camera[keep]
+        surface_normals = normals_world.index_select(0, index).to(points_world.dtype) @ rotation
+        surface_points = camera.index_select(0, index)
         K_inverse = torch.linalg.inv(K.double()).to(points_world.dtype)
+    trash = h * w
     pixels, candidates, order_depth, centre_distance, gap_fill = [], [], [], [], []
     # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
     for ring_radius in range(max_radius + 1):
         members = torch.nonzero(radius == ring_radius).squeeze(1)
         if members.numel() == 0:
             continue
+        of = lambda x, rows=members: x.index_select(0, rows)[:, None]  # the ring members' values, one row each
         offsets = torch.arange(-ring_radius, ring_radius + 1, device=device)
         dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
         dy, dx = dy.reshape(-1), dx.reshape(-1)
         ring = torch.maximum(dx.abs(), dy.abs())
-        cu, cv = ui[members, None] + dx, vi[members, None] + dy
+        cu, cv = of(ui) + dx, of(vi) + dy
         valid = (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
-        pixels.append((cv * w + cu)[valid])
-        candidates.append(index[members, None].expand_as(cu)[valid])
+        pixels.append(torch.where(valid, cv * w + cu, trash).reshape(-1))
+        candidates.append(of(index).expand_as(cu).reshape(-1))
         if half_side is not None:
-            reach = half_side[members, None]
-            gap_fill.append(((u_exact[members, None] - cu).abs() > reach)[valid]
-                            | ((v_exact[members, None] - cv).abs() > reach)[valid])
-        depth = z[members, None]
+            reach = of(half_side)
+            gap_fill.append((((of(u_exact) - cu).abs() > reach) | ((of(v_exact) - cv).abs() > reach)).reshape(-1))
+        depth = of(z)
         if normals_world is not None:
             # Depth of the point's plane on each candidate pixel's centre ray (z = 1 ray).
             ray_x = K_inverse[0, 0] * cu + K_inverse[0, 1] * cv + K_inverse[0, 2]
             ray_y = K_inverse[1, 1] * cv + K_inverse[1, 2]
-            n = surface_normals[members]
+            n = surface_normals.index_select(0, members)
             facing = n[:, 0:1] * ray_x + n[:, 1:2] * ray_y + n[:, 2:3]
-            offset = (n * surface_points[members]).sum(1, keepdim=True)
+            offset = (n * surface_points.index_select(0, members)).sum(1, keepdim=True)
             plane = torch.where(facing < -1e-3, offset / facing.clamp(max=-1e-3), depth)
             depth = torch.minimum(torch.maximum(plane, depth / PLANE_DEPTH_RANGE), depth * PLANE_DEPTH_RANGE)
-            distance = torch.hypot(u_exact[members, None] - cu, v_exact[members, None] - cv)
+            distance = torch.hypot(of(u_exact) - cu, of(v_exact) - cv)
             if handicap is not None:
-                distance = distance + handicap[index[members], None].to(distance.dtype)
-            centre_distance.append(distance[valid])
-        order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring))[valid])
-    if not pixels:
-        return winner, depth_out, hit
+                distance = distance + of(handicap.index_select(0, index)).to(distance.dtype)
+            centre_distance.append(distance.reshape(-1))
+        order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring)).reshape(-1))
     pixel, candidate, ordering = torch.cat(pixels), torch.cat(candidates), torch.cat(order_depth).double()
-    if normals_world is not None:
-        centre_distance = torch.cat(centre_distance)
     if half_side is not None:
         gap = torch.cat(gap_fill)
-        covered_by_footprint = torch.zeros(h * w, dtype=torch.bool, device=device)
-        covered_by_footprint[pixel[~gap]] = True
-        usable = ~gap | ~covered_by_footprint[pixel]
-        pixel, candidate, ordering = pixel[usable], candidate[usable], ordering[usable]
-        if normals_world is not None:
-            centre_distance = centre_distance[usable]
+        covered_by_footprint = torch.zeros(h * w + 1, dtype=torch.bool, device=device)
+        covered_by_footprint[torch.where(gap, trash, pixel)] = True
+        pixel = torch.where(gap & covered_by_footprint[pixel], trash, pixel)
     if normals_world is None:
         quantised = torch.round(ordering / DEPTH_QUANTUM).long().clamp(max=(1 << 38) - 1)
         key = (quantised << _INDEX_BITS) | candidate
@@ -566,14 +563,14 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         # Two passes: the nearest plane depth at each pixel, then, among the candidates within
         # SURFACE_TOLERANCE of it (one surface), the one projecting nearest the centre. A fixed depth
         # bucketing would split one surface at bucket borders and let the nearer sample win there.
-        nearest = torch.full((h * w,), float("inf"), dtype=torch.float64, device=device)
+        nearest = torch.full((h * w + 1,), float("inf"), dtype=torch.float64, device=device)
         nearest.scatter_reduce_(0, pixel, ordering, "amin")
-        same_surface = ordering <= nearest[pixel] * (1.0 + SURFACE_TOLERANCE)
-        pixel, candidate = pixel[same_surface], candidate[same_surface]
-        centre = torch.round(centre_distance[same_surface] * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
+        pixel = torch.where(ordering <= nearest[pixel] * (1.0 + SURFACE_TOLERANCE), pixel, trash)
+        centre = torch.round(torch.cat(centre_distance) * 64).long().clamp(0, (1 << _CENTRE_BITS) - 1)
         key = (centre << _INDEX_BITS) | candidate
-    best = torch.full((h * w,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+    best = torch.full((h * w + 1,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
     best.scatter_reduce_(0, pixel, key, "amin")
+    best = best[:trash]
     covered = best != torch.iinfo(torch.long).max
     chosen_point = best[covered] & ((1 << _INDEX_BITS) - 1)
     winner[covered] = chosen_point
