@@ -654,7 +654,13 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
                "last_seen": torch.zeros(count, dtype=torch.long),
                "observed": (torch.rand(count, generator=generator) > 0.5).half()}
     pose = look_at((5.0, 5.0, 1.0), (9.0, 7.0, 1.2))
-    reads = []
+    reads, left_out = [], []
+
+    def counted(*args, original=latent_module.hidden_far_behind):
+        hidden = original(*args)
+        left_out.append(int(hidden.sum()))
+        return hidden
+
     for culled in (True, False):
         memory = LatentSpatialMemory.from_tensors(tensors)
         memory.write_count = 1
@@ -665,11 +671,6 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
             memory._visible = facing
         with pytest.MonkeyPatch.context() as patch:
             if culled:  # count what the pre-cull leaves out: both reads must use it
-                def counted(*args, original=latent_module.hidden_far_behind):
-                    hidden = original(*args)
-                    left_out.append(int(hidden.sum()))
-                    return hidden
-                left_out = []
                 patch.setattr(latent_module, "hidden_far_behind", counted)
             else:
                 patch.setattr(latent_module, "hidden_far_behind", lambda camera, *_: torch.zeros(len(camera), dtype=torch.bool))
