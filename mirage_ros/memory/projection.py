@@ -408,8 +408,10 @@ def cell_layout(height: int, width: int, h: int, w: int, device: torch.device) -
 
 
 def project(camera: torch.Tensor, K: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates ``(u, v)`` of camera-frame points ``[N,3]`` seen at depths ``z [N]`` through ``K``."""
-    return (K[0, 0] * camera[:, 0] + K[0, 1] * camera[:, 1]) / z + K[0, 2], K[1, 1] * camera[:, 1] / z + K[1, 2]
+    """Pixel coordinates ``(u, v)`` of camera-frame points ``[N,3]`` seen at depths ``z [N]`` through ``K`` (of the
+    points' dtype; its entries enter as numbers, the same values without an indexing op each)."""
+    (fx, skew, cx), (_, fy, cy) = K[0].tolist(), K[1].tolist()
+    return (fx * camera[:, 0] + skew * camera[:, 1]) / z + cx, fy * camera[:, 1] / z + cy
 
 
 def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.Tensor:
@@ -515,7 +517,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
     if normals_world is not None:
         surface_normals = normals_world.index_select(0, index).to(points_world.dtype) @ rotation
         surface_points = camera.index_select(0, index)
-        K_inverse = torch.linalg.inv(K.double()).to(points_world.dtype)
+        (ix, iskew, icx), (_, iy, icy) = torch.linalg.inv(K.double()).to(points_world.dtype)[:2].tolist()
     trash = h * w
     pixels, candidates, order_depth, centre_distance, gap_fill = [], [], [], [], []
     # Tokens without a footprint contribute one candidate; only splatted ones are expanded.
@@ -538,8 +540,9 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         depth = of(z)
         if normals_world is not None:
             # Depth of the point's plane on each candidate pixel's centre ray (z = 1 ray).
-            ray_x = K_inverse[0, 0] * cu + K_inverse[0, 1] * cv + K_inverse[0, 2]
-            ray_y = K_inverse[1, 1] * cv + K_inverse[1, 2]
+            cu_real, cv_real = cu.to(points_world.dtype), cv.to(points_world.dtype)
+            ray_x = ix * cu_real + iskew * cv_real + icx
+            ray_y = iy * cv_real + icy
             n = surface_normals.index_select(0, members)
             facing = n[:, 0:1] * ray_x + n[:, 1:2] * ray_y + n[:, 2:3]
             offset = (n * surface_points.index_select(0, members)).sum(1, keepdim=True)
