@@ -264,6 +264,33 @@ def test_remembered_pixels_get_the_true_depth_of_their_surface_even_in_cells_tha
     assert carried.max() <= np.abs(np.log(depth[covered] / rough.numpy()[covered])).max() + 1e-5
 
 
+def test_normals_of_some_cells_are_those_of_the_whole_map():
+    """``surface_normals`` computes only the cells asked for, each from its patch and a frame around it; the
+    normals are bit for bit those of the whole map's differences (rolled maps, neighbours off the image never
+    counting), on rough depth with holes, for cells at the image's edges and corners and inside."""
+    from mirage_ros.memory.latent import _unit, surface_normals
+
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(128, 128, 3, generator=generator, dtype=torch.float64)
+    points[..., 2] = points[..., 2].abs() + 1.0
+    usable = torch.rand(128, 128, generator=generator) > 0.2
+
+    def tangent(dim: int) -> torch.Tensor:
+        forward, backward = torch.roll(points, -1, dim) - points, points - torch.roll(points, 1, dim)
+        index = torch.arange(128).view((1, 128) if dim == 1 else (128, 1))
+        forward_ok = torch.roll(usable, -1, dim) & (index < 127)
+        backward_ok = torch.roll(usable, 1, dim) & (index > 0)
+        use_forward = forward_ok & (~backward_ok | (forward[..., 2].abs() <= backward[..., 2].abs()))
+        return torch.where(use_forward.unsqueeze(-1), forward, backward)
+
+    whole = torch.cross(tangent(1), tangent(0), dim=-1)
+    whole = _unit(torch.where((whole * points).sum(-1, keepdim=True) > 0, -whole, whole))
+    whole = whole.reshape(16, 8, 16, 8, 3).transpose(1, 2).reshape(256, 64, 3)
+    cells = torch.tensor([0, 15, 240, 255, 7, 112, 127, 136, 200, 31])
+    assert torch.equal(surface_normals(points, usable, cells, 8), whole[cells])
+    assert torch.equal(surface_normals(points, usable, torch.arange(256), 8), whole)
+
+
 @pytest.mark.parametrize("observed, clean_exact, noisy_median_degrees", [(True, 1.0, 5.0), (False, 0.85, 7.0)])
 def test_token_normals_are_exact_on_clean_depth_and_steady_on_noisy_depth(observed, clean_exact,
                                                                           noisy_median_degrees):

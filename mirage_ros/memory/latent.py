@@ -123,29 +123,37 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def surface_normals(points: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
-    """Unit normals ``[H,W,3]`` of a camera-frame point map, facing the camera.
+def surface_normals(points: torch.Tensor, usable: torch.Tensor, cells: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Unit normals ``[n, p*p, 3]``, facing the camera, of the pixels of the latent cells ``cells [n]`` (row-major
+    indices on the latent grid, patches of ``patch_size`` pixels a side) of a camera-frame point map ``[H,W,3]``.
 
     Each pixel differences with the horizontal and vertical neighbour whose depth is closer to its own
-    (one-sided at depth edges, so a foreground pixel never takes the slope towards the background).
+    (one-sided at depth edges, so a foreground pixel never takes the slope towards the background); a neighbour
+    off the image never counts (the point map wraps there, as the differences of a rolled map would). Only the
+    cells asked for are computed, each from its patch and a one-pixel frame around it: a generated frame usually
+    adds a few cells to a memory that already shows the rest.
     """
-    def tangent(dim: int) -> torch.Tensor:
-        forward = torch.roll(points, -1, dim) - points
-        backward = points - torch.roll(points, 1, dim)
-        forward_ok = torch.roll(usable, -1, dim)
-        backward_ok = torch.roll(usable, 1, dim)
-        size = points.shape[dim]
-        index = torch.arange(size, device=points.device)
-        edge_shape = [1, 1]
-        edge_shape[dim] = size
-        forward_ok = forward_ok & (index < size - 1).view(edge_shape)
-        backward_ok = backward_ok & (index > 0).view(edge_shape)
+    p = patch_size
+    columns = points.shape[1] // p
+    window = torch.arange(p + 2, device=points.device)
+    rows = (cells // columns)[:, None] * p + window     # rows of each cell's framed patch, in the padded map
+    cols = (cells % columns)[:, None] * p + window
+    framed = F.pad(points.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="circular")[0].permute(1, 2, 0)
+    framed = framed[rows[:, :, None], cols[:, None, :]]                          # [n, p+2, p+2, 3]
+    framed_ok = F.pad(usable, (1, 1, 1, 1), value=False)[rows[:, :, None], cols[:, None, :]]
+    centre = framed[:, 1:-1, 1:-1]
+
+    def tangent(before: tuple[slice, slice], after: tuple[slice, slice]) -> torch.Tensor:
+        forward = framed[:, after[0], after[1]] - centre
+        backward = centre - framed[:, before[0], before[1]]
+        forward_ok, backward_ok = framed_ok[:, after[0], after[1]], framed_ok[:, before[0], before[1]]
         use_forward = forward_ok & (~backward_ok | (forward[..., 2].abs() <= backward[..., 2].abs()))
         return torch.where(use_forward.unsqueeze(-1), forward, backward)
 
-    normal = torch.cross(tangent(1), tangent(0), dim=-1)
-    normal = torch.where((normal * points).sum(-1, keepdim=True) > 0, -normal, normal)  # face the camera
-    return _unit(normal)
+    inner, low, high = slice(1, -1), slice(None, -2), slice(2, None)
+    normal = torch.cross(tangent((inner, low), (inner, high)), tangent((low, inner), (high, inner)), dim=-1)
+    normal = torch.where((normal * centre).sum(-1, keepdim=True) > 0, -normal, normal)  # face the camera
+    return _unit(normal).reshape(-1, p * p, 3)
 
 
 def read_alignment(read: MemoryRead) -> torch.Tensor:
@@ -267,14 +275,13 @@ class LatentSpatialMemory:
         channels, h, w = latent.shape
         p = self.config.patch_size
         points = self._rays(K.cpu().numpy(), h * p, w * p, torch.float64) * depth.unsqueeze(-1)  # camera frame, [H,W,3]
-        normals = surface_normals(points, usable)
         patches = lambda x: x.reshape(h, p, w, p, *x.shape[2:]).transpose(1, 2).reshape(h * w, p * p, *x.shape[2:])
         # Only patches with enough usable pixels can become tokens (few, where a generated frame adds to a
         # memory that shows most of it): the rest of the lift runs on those alone, patch by patch.
         patch_usable = patches(usable)
         cells = torch.nonzero(patch_usable.float().mean(1) >= self.config.min_valid_fraction).squeeze(1)
         patch_depth, patch_usable, patch_points = patches(depth)[cells], patch_usable[cells], patches(points)[cells]
-        patch_normals = patches(normals)[cells]
+        patch_normals = surface_normals(points, usable, cells, p)
         # Largest relative gap between consecutive sorted valid depths: a discontinuity splits the
         # patch and only its near side is kept.
         sorted_depth = torch.sort(torch.where(patch_usable, patch_depth, torch.full_like(patch_depth, float("inf"))), 1).values
