@@ -268,7 +268,7 @@ def test_normals_of_some_cells_are_those_of_the_whole_map():
     """``surface_normals`` computes only the cells asked for, each from its patch and a frame around it; the
     normals are bit for bit those of the whole map's differences (rolled maps, neighbours off the image never
     counting), on rough depth with holes, for cells at the image's edges and corners and inside."""
-    from mirage_ros.memory.latent import _unit, surface_normals
+    from mirage_ros.memory.latent import surface_normals
 
     generator = torch.Generator().manual_seed(3)
     points = torch.randn(128, 128, 3, generator=generator, dtype=torch.float64)
@@ -284,7 +284,8 @@ def test_normals_of_some_cells_are_those_of_the_whole_map():
         return torch.where(use_forward.unsqueeze(-1), forward, backward)
 
     whole = torch.cross(tangent(1), tangent(0), dim=-1)
-    whole = _unit(torch.where((whole * points).sum(-1, keepdim=True) > 0, -whole, whole))
+    whole = torch.where((whole * points).sum(-1, keepdim=True) > 0, -whole, whole)
+    whole = whole / whole.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     whole = whole.reshape(16, 8, 16, 8, 3).transpose(1, 2).reshape(256, 64, 3)
     cells = torch.tensor([0, 15, 240, 255, 7, 112, 127, 136, 200, 31])
     assert torch.equal(surface_normals(points, usable, cells, 8), whole[cells])
@@ -645,6 +646,29 @@ def test_points_hidden_far_behind_change_nothing_the_zbuffer_shows(seed):
     assert torch.equal(given[hit_all], kept[hit_kept])
 
 
+def test_the_view_frustum_keeps_exactly_the_points_projecting_into_the_widened_grid():
+    """``in_view_frustum`` (five half-spaces in one product) agrees with transforming and projecting each point:
+    in front of the near plane and within the grid widened by the margin, up to rounding at the faces."""
+    from mirage_ros.memory.projection import NEAR_PLANE, in_view_frustum
+
+    generator = torch.Generator().manual_seed(4)
+    points = torch.rand(50_000, 3, generator=generator) * torch.tensor([12.0, 12.0, 3.0]) - torch.tensor([6.0, 6.0, 0.0])
+    pose = torch.as_tensor(look_at((0.5, -0.3, 1.2), (3.0, 2.0, 0.4))).float()
+    K = torch.tensor([[8.0, 0.3, 7.5], [0.0, 9.0, 7.0], [0.0, 0.0, 1.0]])
+    eye, rotation = pose[:3, 3], pose[:3, :3]
+    for margin in (1, 3):
+        inside = in_view_frustum(points, eye, rotation, K, (16, 12), margin)
+        camera = ((points - eye) @ rotation).double()
+        z = camera[:, 2]
+        u = (8.0 * camera[:, 0] + 0.3 * camera[:, 1]) / z + 7.5
+        v = 9.0 * camera[:, 1] / z + 7.0
+        distance = torch.stack([u + margin + 0.5, 12 + margin - 0.5 - u, v + margin + 0.5, 16 + margin - 0.5 - v]).amin(0)
+        clearly_in = (z > NEAR_PLANE + 1e-4) & (distance > 1e-3)
+        clearly_out = (z < NEAR_PLANE - 2e-3) | ((z > 0.01) & (distance < -1e-3))
+        assert bool(inside[clearly_in].all()) and not bool(inside[clearly_out].any())
+        assert 1000 < int(clearly_in.sum()) and int((clearly_in | clearly_out).sum()) > 0.99 * len(points)
+
+
 def test_a_point_up_to_the_bound_behind_can_still_win_and_is_not_hidden():
     """The bound of ``hidden_far_behind`` is tight: point A, 1 m away and 0.4 pixel off pixel 8's centre,
     is seen so edge-on that its plane's depth on the centre ray clamps to 1.5 m; point B, 2.2 m away (2.2x
@@ -665,9 +689,10 @@ def test_a_point_up_to_the_bound_behind_can_still_win_and_is_not_hidden():
 
 
 def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
-    """``read`` leaves out tokens outside the view's frustum and hidden far behind before its z-buffer runs;
-    with every token facing the camera given to the z-buffer instead (both culls off), each field of the
-    read and the tokens' last use are the same, also for imagined tokens seen too large to be drawn."""
+    """``read`` leaves out tokens outside the view's frustum (``in_view_frustum``) and hidden far behind
+    (``hidden_far_behind``) before its z-buffer runs; with every token facing the camera given to the z-buffer
+    instead (both culls off), each field of the read and the tokens' last use are the same, also for imagined
+    tokens seen too large to be drawn."""
     import mirage_ros.memory.latent as latent_module
 
     generator = torch.Generator().manual_seed(0)
@@ -691,15 +716,11 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
     for culled in (True, False):
         memory = LatentSpatialMemory.from_tensors(tensors)
         memory.write_count = 1
-        if not culled:  # every token facing the camera (the one exact test of ``_visible``)
-            def facing(eye, rotation, *_, memory=memory):
-                ids = torch.nonzero(((eye - memory.positions) * memory.normals.float()).sum(1) > 0).squeeze(1)
-                return ids, (memory.positions[ids] - eye) @ rotation
-            memory._visible = facing
         with pytest.MonkeyPatch.context() as patch:
             if culled:  # count what the pre-cull leaves out: both reads must use it
                 patch.setattr(latent_module, "hidden_far_behind", counted)
-            else:
+            else:  # every token facing the camera goes to the z-buffer
+                patch.setattr(latent_module, "in_view_frustum", lambda points, *_: torch.ones(len(points), dtype=torch.bool))
                 patch.setattr(latent_module, "hidden_far_behind", lambda camera, *_: torch.zeros(len(camera), dtype=torch.bool))
             reads.append([memory.read(pose, CAMERA.K, (16, 16), supersample=s) for s in (1, 2)] + [memory.last_seen])
     assert len(left_out) == 2 and min(left_out) > 1000

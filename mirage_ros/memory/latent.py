@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
-                                          hidden_far_behind, intrinsics_tensor, pose_tensor, project, to_pixel_grid, to_world,
+                                          hidden_far_behind, in_view_frustum, intrinsics_tensor, pose_tensor, project,
+                                          to_pixel_grid, to_world,
                                           zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
@@ -71,9 +72,6 @@ IMAGINED_HANDICAP = 4.0
 #: (``hidden_far_behind``): 100k tokens in a room, 14 000 seen on 256 cells, 77 % left out; the demo tour's
 #: reads see ~290 tokens on 256 cells and none is hidden, so there the test would only cost time.
 PRECULL_TOKENS_PER_CELL = 4
-#: Metres by which the read's first cull (``_visible``) reaches behind the near plane, more than any rounding
-#: difference between its depths and the z-buffer's.
-_CULL_SLACK = 1e-3
 FIELDS = ("keys", "positions", "normals", "features", "view_depths", "weights", "extents", "last_seen", "observed")
 
 
@@ -419,19 +417,9 @@ class LatentSpatialMemory:
         the camera, projecting within the grid plus the largest splat (and a pixel of rounding margin),
         and facing the camera (a surface is seen from its front side only, so the far side of a wall never
         shows through it). A conservative cull: the z-buffer applies the exact tests, so results are those
-        of all tokens. That frustum is five half-spaces (the near plane, the grid's four sides), tested on
-        every token with one ``[5,3] @ [3,N]`` product; only the tokens inside are transformed."""
+        of all tokens (``in_view_frustum``); only the tokens inside are transformed."""
         margin = self.config.max_splat_radius * supersample + 1
-        low, high_u, high_v = -margin - 0.5, w + margin - 0.5, h + margin - 0.5
-        (fx, skew, cx), (_, fy, cy) = K_latent[0].tolist(), K_latent[1].tolist()
-        # Each row n: a camera-frame point c is inside when n . c > 0 (u > low is fx c_x + skew c_y > (low - cx) c_z).
-        sides = torch.tensor([[fx, skew, cx - low], [-fx, -skew, high_u - cx], [0.0, fy, cy - low],
-                              [0.0, -fy, high_v - cy], [0.0, 0.0, 1.0]], dtype=rotation.dtype, device=self.device)
-        normals = sides @ rotation.T                                            # the same planes in the world
-        offsets = normals @ eye
-        offsets[4] += NEAR_PLANE - _CULL_SLACK
-        inside = torch.addmm(-offsets[:, None], normals, self.positions.T).amin(0) > 0  # amin: ~7x faster than all
-        ids = torch.nonzero(inside).squeeze(1)
+        ids = torch.nonzero(in_view_frustum(self.positions, eye, rotation, K_latent, (h, w), margin)).squeeze(1)
         front = ((eye - self.positions.index_select(0, ids)) * self.normals.index_select(0, ids).float()).sum(1) > 0
         ids = ids[front]
         return ids, torch.addmm(-(eye @ rotation)[:, None], rotation.T, self.positions.index_select(0, ids).T).T

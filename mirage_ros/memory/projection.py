@@ -418,6 +418,30 @@ def to_world(points_camera: torch.Tensor, cam_to_world: torch.Tensor) -> torch.T
     return points_camera @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
 
 
+#: Metres by which ``in_view_frustum`` reaches behind the near plane, more than any rounding difference between
+#: its depths and the z-buffer's.
+_NEAR_SLACK = 1e-3
+
+
+def in_view_frustum(points_world: torch.Tensor, eye: torch.Tensor, rotation: torch.Tensor, K: torch.Tensor,
+                    hw: tuple[int, int], margin: float) -> torch.Tensor:
+    """Which points ``[N,3]`` lie in front of the near plane and project within the ``hw`` grid widened by
+    ``margin`` pixels (``K`` for that grid; ``eye``, ``rotation``: the camera's position and optical-frame
+    rotation in the points' frame and dtype). The frustum is five half-spaces, so all points are tested with one
+    ``[5,3] @ [3,N]`` product (transforming every point with the skinny ``[N,3] @ [3,3]`` and projecting it is ~6x
+    slower). A conservative test: points near a face by rounding are kept, for a z-buffer's exact tests."""
+    h, w = hw
+    low, high_u, high_v = -margin - 0.5, w + margin - 0.5, h + margin - 0.5
+    (fx, skew, cx), (_, fy, cy) = K[0].tolist(), K[1].tolist()
+    # Each row n: a camera-frame point c is inside when n . c > 0 (u > low is fx c_x + skew c_y > (low - cx) c_z).
+    sides = torch.tensor([[fx, skew, cx - low], [-fx, -skew, high_u - cx], [0.0, fy, cy - low],
+                          [0.0, -fy, high_v - cy], [0.0, 0.0, 1.0]], dtype=rotation.dtype, device=points_world.device)
+    normals = sides @ rotation.T                                                # the same planes in the world
+    offsets = normals @ eye
+    offsets[4] += NEAR_PLANE - _NEAR_SLACK
+    return torch.addmm(-offsets[:, None], normals, points_world.T).amin(0) > 0  # amin: ~7x faster than all(0)
+
+
 #: Relative slack for rounding in ``hidden_far_behind``: its camera coordinates may differ from the
 #: z-buffer's own in the last bits, so it decides nothing that so small a difference could change.
 _ROUNDING_SLACK = 1e-4
