@@ -36,8 +36,7 @@ from safetensors.torch import load_file, save_file
 from mirage_ros.camera import scale_intrinsics
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
                                           hidden_far_behind, in_view_frustum, intrinsics_tensor, pose_tensor, project,
-                                          to_pixel_grid, to_world,
-                                          zbuffer)
+                                          to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
 FORMAT_VERSION = 3
@@ -127,9 +126,9 @@ def surface_normals(points: torch.Tensor, usable: torch.Tensor, cells: torch.Ten
 
     Each pixel differences with the horizontal and vertical neighbour whose depth is closer to its own
     (one-sided at depth edges, so a foreground pixel never takes the slope towards the background); a neighbour
-    off the image never counts (the point map wraps there, as the differences of a rolled map would). Only the
-    cells asked for are computed, each from its patch and a one-pixel frame around it: a generated frame usually
-    adds a few cells to a memory that already shows the rest.
+    off the image is never usable (the frame wraps around, as a rolled map does). Only the cells asked for are
+    computed, each from its patch and a one-pixel frame around it: a generated frame usually adds a few cells to a
+    memory that already shows the rest.
     """
     p = patch_size
     columns = points.shape[1] // p
@@ -412,17 +411,15 @@ class LatentSpatialMemory:
 
     # ------------------------------------------------------------------ read
     def _visible(self, eye: torch.Tensor, rotation: torch.Tensor, K_latent: torch.Tensor, h: int, w: int,
-                 supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices (ascending) of the tokens that can be drawn, and their camera-frame points: in front of
-        the camera, projecting within the grid plus the largest splat (and a pixel of rounding margin),
-        and facing the camera (a surface is seen from its front side only, so the far side of a wall never
-        shows through it). A conservative cull: the z-buffer applies the exact tests, so results are those
-        of all tokens (``in_view_frustum``); only the tokens inside are transformed."""
+                 supersample: int = 1) -> torch.Tensor:
+        """Indices (ascending) of the tokens that can be drawn: in front of the camera, projecting within the
+        grid plus the largest splat (and a pixel of rounding margin; ``in_view_frustum``), and facing the camera
+        (a surface is seen from its front side only, so the far side of a wall never shows through it). A
+        conservative cull: the z-buffer applies the exact tests, so results are those of all tokens."""
         margin = self.config.max_splat_radius * supersample + 1
         ids = torch.nonzero(in_view_frustum(self.positions, eye, rotation, K_latent, (h, w), margin)).squeeze(1)
         front = ((eye - self.positions.index_select(0, ids)) * self.normals.index_select(0, ids).float()).sum(1) > 0
-        ids = ids[front]
-        return ids, torch.addmm(-(eye @ rotation)[:, None], rotation.T, self.positions.index_select(0, ids).T).T
+        return ids[front]
 
     @torch.inference_mode()
     def read(self, cam_to_world: np.ndarray, K: np.ndarray, latent_hw: tuple[int, int],
@@ -442,7 +439,7 @@ class LatentSpatialMemory:
         pose = pose_tensor(cam_to_world, self.device)
         channels = self.channels or 0
         eye, rotation = pose[:3, 3].float(), pose[:3, :3].float()
-        ids, camera = self._visible(eye, rotation, K_latent.float(), h, w, s)
+        ids = self._visible(eye, rotation, K_latent.float(), h, w, s)
         # Footprint in cells of this grid: a token read from where it was written has footprint s (up to
         # rounding), so footprint / s is also how many times larger than then it is seen.
         camera_z = (self.positions.index_select(0, ids) - eye) @ pose[:3, 2].float()
@@ -456,6 +453,7 @@ class LatentSpatialMemory:
         # Where tokens outnumber the cells many times over, those the z-buffer could not show anyway are left out
         # before it runs (its result is the same).
         if ids.numel() > PRECULL_TOKENS_PER_CELL * h * w:
+            camera = torch.addmm(-(eye @ rotation)[:, None], rotation.T, self.positions.index_select(0, ids).T).T
             drawn &= ~hidden_far_behind(camera, K_latent.float(), (h, w), radius, drawn)
         keep = torch.nonzero(drawn).squeeze(1)
         ids, footprint, magnification, imagined = (x.index_select(0, keep) for x in (ids, footprint, magnification, imagined))
