@@ -440,9 +440,10 @@ class LatentSpatialMemory:
         channels = self.channels or 0
         eye, rotation = pose[:3, 3].float(), pose[:3, :3].float()
         ids = self._visible(eye, rotation, K_latent.float(), h, w, s)
+        positions = self.positions.index_select(0, ids)
         # Footprint in cells of this grid: a token read from where it was written has footprint s (up to
         # rounding), so footprint / s is also how many times larger than then it is seen.
-        camera_z = (self.positions.index_select(0, ids) - eye) @ pose[:3, 2].float()
+        camera_z = (positions - eye) @ pose[:3, 2].float()
         footprint = self.extents.index_select(0, ids) * float(K_latent[0, 0]) / camera_z.clamp_min(1e-6)
         magnification = footprint / s
         imagined = self.observed.index_select(0, ids) < OBSERVED_SHARE
@@ -453,12 +454,12 @@ class LatentSpatialMemory:
         # Where tokens outnumber the cells many times over, those the z-buffer could not show anyway are left out
         # before it runs (its result is the same).
         if ids.numel() > PRECULL_TOKENS_PER_CELL * h * w:
-            camera = torch.addmm(-(eye @ rotation)[:, None], rotation.T, self.positions.index_select(0, ids).T).T
+            camera = torch.addmm(-(eye @ rotation)[:, None], rotation.T, positions.T).T
             drawn &= ~hidden_far_behind(camera, K_latent.float(), (h, w), radius, drawn)
         keep = torch.nonzero(drawn).squeeze(1)
         ids, footprint, magnification, imagined = (x.index_select(0, keep) for x in (ids, footprint, magnification, imagined))
         radius = None if radius is None else radius.index_select(0, keep)
-        positions, normals = self.positions.index_select(0, ids), self.normals.index_select(0, ids)
+        positions, normals = positions.index_select(0, keep), self.normals.index_select(0, ids)
         handicap = s * (self.config.scale_handicap * magnification.clamp_min(1e-6).log2().abs()
                         + self.config.imagined_handicap * imagined.float())
         shown, depth, hit = zbuffer(positions, pose, K_latent, (h, w), radius, normals, handicap, footprint)
@@ -473,10 +474,11 @@ class LatentSpatialMemory:
         planes = torch.full((h * w, 4), float("nan"), device=self.device)
         winner_normals = self.normals.index_select(0, winner).float()
         planes[covered, :3] = winner_normals @ rotation
-        planes[covered, 3] = (winner_normals * (self.positions.index_select(0, winner) - eye)).sum(1)
+        winner_positions = self.positions.index_select(0, winner)
+        planes[covered, 3] = (winner_normals * (winner_positions - eye)).sum(1)
         # Sub-cell misalignment: where each shown token's point projects, minus its cell's centre.
         offsets = torch.zeros((h * w, 2), device=self.device)
-        shown_camera = (self.positions.index_select(0, winner) - eye) @ rotation
+        shown_camera = (winner_positions - eye) @ rotation
         u, v = project(shown_camera, K_latent.float(), shown_camera[:, 2].clamp_min(NEAR_PLANE))
         cell = torch.nonzero(covered).squeeze(1)
         offsets[covered, 0] = u - cell % w

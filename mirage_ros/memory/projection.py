@@ -537,6 +537,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
         return winner, depth_out, hit
     ui, vi = u_round.index_select(0, index).long(), v_round.index_select(0, index).long()
     z, radius, u_exact, v_exact = (x.index_select(0, index) for x in (z, radius, u, v))
+    handicap = None if handicap is None else handicap.index_select(0, index)
     half_side = None if footprint is None else (footprint.index_select(0, index).to(points_world.dtype) / 2).clamp_min(0.5)
     if normals_world is not None:
         surface_normals = normals_world.index_select(0, index).to(points_world.dtype) @ rotation
@@ -574,7 +575,7 @@ def zbuffer(points_world: torch.Tensor, cam_to_world: torch.Tensor, K: torch.Ten
             depth = torch.minimum(torch.maximum(plane, depth / PLANE_DEPTH_RANGE), depth * PLANE_DEPTH_RANGE)
             distance = torch.hypot(of(u_exact) - cu, of(v_exact) - cv)
             if handicap is not None:
-                distance = distance + of(handicap.index_select(0, index)).to(distance.dtype)
+                distance = distance + of(handicap).to(distance.dtype)
             centre_distance.append(distance.reshape(-1))
         order_depth.append((depth * (1.0 + SPLAT_DEPTH_PENALTY * ring)).reshape(-1))
     pixel, candidate, ordering = torch.cat(pixels), torch.cat(candidates), torch.cat(order_depth).double()
