@@ -1,6 +1,6 @@
-"""How a node process stops (``mirage_ros.ros.spin.run_node``): signals end it between callbacks, never
-inside one, and a second signal (``ros2 launch`` adds its own SIGINT to the terminal's) does not cut the
-clean-up short."""
+"""How a node process stops (``mirage_ros.ros.spin.run_node``, and ``mirage-run``): signals end it between
+callbacks, never inside one, and a second signal (``ros2 launch`` adds its own SIGINT to the terminal's) does not
+cut the clean-up short."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,9 +44,11 @@ SLOW_NODE = textwrap.dedent("""
 
 
 class NodeConsole:
-    def __init__(self, create_seconds: float) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", SLOW_NODE, str(create_seconds)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """A process whose console is read line by line as it comes."""
+
+    def __init__(self, *command: str) -> None:
+        self.process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
         self.reader.start()
@@ -70,7 +73,7 @@ class NodeConsole:
 @pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
                          ids=["ctrl-c", "ctrl-c-and-launch", "sigterm"])
 def test_a_signal_stops_the_node_between_callbacks_and_the_clean_up_runs_whole(signals):
-    node = NodeConsole(create_seconds=0.0)
+    node = NodeConsole("-c", SLOW_NODE, "0")
     node.wait_for("callback started")
     for number in signals:
         node.process.send_signal(number)
@@ -82,10 +85,28 @@ def test_a_signal_stops_the_node_between_callbacks_and_the_clean_up_runs_whole(s
 
 
 def test_ctrl_c_while_the_node_is_being_made_stops_at_once():
-    node = NodeConsole(create_seconds=60.0)
+    node = NodeConsole("-c", SLOW_NODE, "60")
     node.wait_for("creating")
     started = time.monotonic()
     node.process.send_signal(signal.SIGINT)
     output = node.finish()
     assert time.monotonic() - started < 20, output  # not the 60 s the node would take to be made
     assert node.process.returncode == 0 and "[slow]" not in output, output
+
+
+def test_mirage_run_until_ctrl_c_still_writes_its_report(tiny_checkpoint, tmp_path):
+    """``make run DURATION=0``: Ctrl-C, twice as a hurried user would, ends the run and the report is written."""
+    sim_yaml = Path(__file__).resolve().parents[1] / "config" / "sim.yaml"
+    config = tmp_path / "sim.yaml"
+    config.write_text(sim_yaml.read_text().replace('model_path: ""', f'model_path: "{tiny_checkpoint}"'))
+    assert str(tiny_checkpoint) in config.read_text()
+    run = NodeConsole("-m", "mirage_ros.ros.run", "--duration", "0", "--config", str(config),
+                      "--output", str(tmp_path / "report"))
+    run.wait_for("  step ", timeout=120)  # progress: odometry is flowing
+    for _ in range(2):
+        run.process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    output = run.finish(timeout=60)
+    assert run.process.returncode == 0 and "Traceback" not in output, output
+    assert (tmp_path / "report" / "frames.png").is_file() and (tmp_path / "report" / "path.png").is_file()
+    assert len((tmp_path / "report" / "odometry.csv").read_text().splitlines()) > 2

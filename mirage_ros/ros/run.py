@@ -5,7 +5,8 @@ driver (``mirage_ros/tour.py``: steered from ``odom`` and ``scan``, sent as ``cm
 pip-installed ROS 2. Everything goes over real topics, so ``ros2 topic echo`` from another shell
 (where available) sees the same traffic. At the end
 it writes what was published to ``--output``: ``frames.png`` (published RGB and depth over time),
-``path.png`` (the driven path) and ``odometry.csv``.
+``path.png`` (the driven path) and ``odometry.csv``; Ctrl-C (any number of times) ends the run after the step in
+hand and the report is still written.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, LaserScan
 
 from mirage_ros.geometry import yaw_of
 from mirage_ros.ros.conversions import image_to_array, planar_pose_from_matrix, pose_to_matrix, seconds_of
 from mirage_ros.ros.parameters import default_config
 from mirage_ros.ros.sim_node import SimNode
+from mirage_ros.ros.spin import STOP_POLL_S, StopRequests
 from mirage_ros.sensors import RangeScan
 from mirage_ros.tour import Tour
 from mirage_ros.worlds.contact_sheet import contact_sheet
@@ -104,6 +107,39 @@ def draw_path(rows: list[tuple[float, float, float, float]], path: Path, size: i
     image.save(path)
 
 
+def simulate(config: Path, duration: float, stop: StopRequests) -> tuple[list, list]:
+    """Run the simulator, the tour driver and the monitor in one executor for ``duration`` seconds (0: until
+    ``stop`` receives a signal); the odometry rows and kept frames the monitor saw."""
+    rclpy.init(args=["--ros-args", "--params-file", str(config)], signal_handler_options=SignalHandlerOptions.NO)
+    executor = SingleThreadedExecutor()
+    nodes: list[Node] = []
+    try:
+        nodes = [SimNode(), TourDriver(), Monitor()]
+        for node in nodes:
+            executor.add_node(node)
+        stop.deferring = True
+        print(f"mirage-run: simulating with {config} for "
+              f"{'ever (Ctrl-C to stop)' if duration <= 0 else f'{duration:g} s'}", flush=True)
+        deadline = math.inf if duration <= 0 else time.monotonic() + duration
+        next_report = time.monotonic() + 2.0
+        while time.monotonic() < deadline and stop.received is None:
+            executor.spin_once(timeout_sec=STOP_POLL_S)
+            if time.monotonic() >= next_report and nodes[2].rows:
+                _, x, y, yaw = nodes[2].rows[-1]
+                print(f"  step {nodes[0].steps:5d}  x={x:+7.3f} m  y={y:+7.3f} m  yaw={yaw:+6.3f} rad", flush=True)
+                next_report += 2.0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop.deferring = True
+        rows = nodes[2].rows if len(nodes) == 3 else []
+        frames = list(nodes[2].frames) if len(nodes) == 3 else []
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return rows, frames
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="parameter file (default: config/sim.yaml)")
@@ -114,43 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         parser.error(f"config file not found: {config}")
 
-    rclpy.init(args=["--ros-args", "--params-file", str(config)])
-    executor = SingleThreadedExecutor()
-    nodes: list[Node] = []
-    try:
-        nodes = [SimNode(), TourDriver(), Monitor()]
-        for node in nodes:
-            executor.add_node(node)
-        print(f"mirage-run: simulating with {config} for "
-              f"{'ever (Ctrl-C to stop)' if args.duration <= 0 else f'{args.duration:g} s'}", flush=True)
-        deadline = math.inf if args.duration <= 0 else time.monotonic() + args.duration
-        next_report = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-            if time.monotonic() >= next_report and nodes[2].rows:
-                _, x, y, yaw = nodes[2].rows[-1]
-                print(f"  step {nodes[0].steps:5d}  x={x:+7.3f} m  y={y:+7.3f} m  yaw={yaw:+6.3f} rad", flush=True)
-                next_report += 2.0
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        rows = nodes[2].rows if len(nodes) == 3 else []
-        frames = list(nodes[2].frames) if len(nodes) == 3 else []
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
-    args.output.mkdir(parents=True, exist_ok=True)
-    with open(args.output / "odometry.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("stamp_s", "x_m", "y_m", "yaw_rad"))
-        writer.writerows(rows)
-    draw_path(rows, args.output / "path.png")
-    if frames:
-        title = f"mirage_sim: published RGB and depth, one frame per second (t = {frames[0][0]:.1f} ... {frames[-1][0]:.1f} s)"
-        contact_sheet([(rgb, depth) for _, rgb, depth in frames], columns=6, title=title).save(args.output / "frames.png")
-    print(f"mirage-run: {len(rows)} odometry messages, {len(frames)} frames kept -> {args.output}/frames.png, "
-          f"{args.output}/path.png, {args.output}/odometry.csv")
+    with StopRequests() as stop:  # Ctrl-C: finish the step in hand, then write the report undisturbed
+        rows, frames = simulate(config, args.duration, stop)
+        args.output.mkdir(parents=True, exist_ok=True)
+        with open(args.output / "odometry.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("stamp_s", "x_m", "y_m", "yaw_rad"))
+            writer.writerows(rows)
+        draw_path(rows, args.output / "path.png")
+        if frames:
+            title = ("mirage_sim: published RGB and depth, one frame per second "
+                     f"(t = {frames[0][0]:.1f} ... {frames[-1][0]:.1f} s)")
+            contact_sheet([(rgb, depth) for _, rgb, depth in frames], columns=6, title=title).save(args.output / "frames.png")
+        print(f"mirage-run: {len(rows)} odometry messages, {len(frames)} frames kept -> {args.output}/frames.png, "
+              f"{args.output}/path.png, {args.output}/odometry.csv")
     return 0 if rows and frames else 1
 
 
