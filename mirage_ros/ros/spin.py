@@ -50,8 +50,8 @@ class StopRequests:
 def run_node(create: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
     """Spin the node ``create()`` returns until SIGINT or SIGTERM (``StopRequests``) or an external
     shutdown. A configuration error (``ValueError``, ``FileExistsError``) prints the reason and exits with
-    2; a node with a ``close()`` method gets it called on the way out, and what it returns is printed:
-    logging through the node then could fail to reach /rosout."""
+    2; a node with a ``close()`` method gets it called on the way out, and what it returns is printed to the
+    console (not logged: the summary must not depend on the graph still being there)."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     with StopRequests() as stop:
