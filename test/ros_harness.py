@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,38 @@ def ros_client(name: str) -> Iterator[RosTestClient]:
         yield client
     finally:
         client.close()
+
+
+class ConsoleProcess:
+    """``python ARGUMENTS...`` in its own process, its console (stdout and stderr) read line by line as it
+    comes, so a test can wait for what the process says."""
+
+    def __init__(self, *arguments: str) -> None:
+        self.process = subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    def has_said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.has_said(text):
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 30.0) -> str:
+        """Wait for the process to end (killed after ``timeout``); its whole console."""
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        self.reader.join(timeout=10)
+        return "".join(self.lines)
 
 
 @contextmanager

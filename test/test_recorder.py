@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from geometry_msgs.msg import Twist
 from mcap_check import decode_every_message
 from rclpy.qos import QoSProfile
 from rclpy.serialization import deserialize_message
-from ros_harness import Recorder, node_args, node_process, ros_client, wait_until_running
+from ros_harness import ConsoleProcess, Recorder, node_args, node_process, ros_client, wait_until_running
 from rosbags.rosbag2 import Reader
 from rcl_interfaces.msg import Log
 from rosgraph_msgs.msg import Clock
@@ -25,22 +23,13 @@ from mirage_ros.ros.recorder import DEFAULT_TOPICS, message_class
 pytestmark = pytest.mark.ros
 
 
-class RecorderProcess:
+class RecorderProcess(ConsoleProcess):
     """mirage_record writing `bag` in its own process, on sim time (as the launch file starts it), under the node
-    name `name` (so its /rosout messages can be told apart); its console is read line by line as it comes, so a
-    test can wait for what the recorder says."""
+    name `name` (so its /rosout messages can be told apart)."""
 
     def __init__(self, bag, name: str = "mirage_record") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mirage_ros.ros.recorder", "--ros-args", "-r", f"__node:={name}",
-             "-p", f"output:={bag}", "-p", "use_sim_time:=true"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self.reader.start()
-
-    def has_said(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
+        super().__init__("-m", "mirage_ros.ros.recorder", "--ros-args", "-r", f"__node:={name}",
+                         "-p", f"output:={bag}", "-p", "use_sim_time:=true")
 
     def stop(self) -> str:
         """Ctrl-C: the recorder finishes; it must exit cleanly, with no rosout error on the way out."""

@@ -5,14 +5,13 @@ cut the clean-up short."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
-import threading
 import time
-from pathlib import Path
 
 import pytest
+from ros_harness import ConsoleProcess
+
+from mirage_ros.ros.parameters import default_config
 
 pytestmark = pytest.mark.ros
 
@@ -43,37 +42,10 @@ SLOW_NODE = textwrap.dedent("""
 """)
 
 
-class NodeConsole:
-    """A process whose console is read line by line as it comes."""
-
-    def __init__(self, *command: str) -> None:
-        self.process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self.reader.start()
-
-    def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in list(self.lines)):
-            assert self.process.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
-            time.sleep(0.01)
-
-    def finish(self, timeout: float = 30.0) -> str:
-        try:
-            self.process.wait(timeout=timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-        self.reader.join(timeout=10)
-        return "".join(self.lines)
-
-
 @pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
                          ids=["ctrl-c", "ctrl-c-and-launch", "sigterm"])
 def test_a_signal_stops_the_node_between_callbacks_and_the_clean_up_runs_whole(signals):
-    node = NodeConsole("-c", SLOW_NODE, "0")
+    node = ConsoleProcess("-c", SLOW_NODE, "0")
     node.wait_for("callback started")
     for number in signals:
         node.process.send_signal(number)
@@ -85,7 +57,7 @@ def test_a_signal_stops_the_node_between_callbacks_and_the_clean_up_runs_whole(s
 
 
 def test_ctrl_c_while_the_node_is_being_made_stops_at_once():
-    node = NodeConsole("-c", SLOW_NODE, "60")
+    node = ConsoleProcess("-c", SLOW_NODE, "60")
     node.wait_for("creating")
     started = time.monotonic()
     node.process.send_signal(signal.SIGINT)
@@ -96,11 +68,10 @@ def test_ctrl_c_while_the_node_is_being_made_stops_at_once():
 
 def test_mirage_run_until_ctrl_c_still_writes_its_report(tiny_checkpoint, tmp_path):
     """``make run DURATION=0``: Ctrl-C, twice as a hurried user would, ends the run and the report is written."""
-    sim_yaml = Path(__file__).resolve().parents[1] / "config" / "sim.yaml"
     config = tmp_path / "sim.yaml"
-    config.write_text(sim_yaml.read_text().replace('model_path: ""', f'model_path: "{tiny_checkpoint}"'))
+    config.write_text(default_config().read_text().replace('model_path: ""', f'model_path: "{tiny_checkpoint}"'))
     assert str(tiny_checkpoint) in config.read_text()
-    run = NodeConsole("-m", "mirage_ros.ros.run", "--duration", "0", "--config", str(config),
+    run = ConsoleProcess("-m", "mirage_ros.ros.run", "--duration", "0", "--config", str(config),
                       "--output", str(tmp_path / "report"))
     run.wait_for("  step ", timeout=120)  # progress: odometry is flowing
     for _ in range(2):
