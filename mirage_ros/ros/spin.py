@@ -24,16 +24,17 @@ class StopRequests:
     when a second signal follows (``ros2 launch`` sends its own SIGINT after the terminal's). Once
     ``deferring``, a signal only sets ``received``, which the spin loop reads between callbacks, so a node
     stops between two messages and cleans up undisturbed; before that (while the node is being made, e.g.
-    loading a model: nothing to save yet) it interrupts at once."""
+    loading a model: nothing to save yet) it interrupts at once. After it the process is only exiting: a late
+    SIGINT (launch's, after the terminal's) is moot and ignored, instead of killing the interpreter's tear-down
+    with a signal exit status; SIGTERM still ends a process stuck on its way out."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.deferring = False
-        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequests":
         for number in STOP_SIGNALS:
-            self._previous[number] = signal.signal(number, self._on_signal)
+            signal.signal(number, self._on_signal)
         return self
 
     def _on_signal(self, number: int, frame: FrameType | None) -> None:
@@ -43,8 +44,8 @@ class StopRequests:
             self.received = number
 
     def __exit__(self, *exc_info: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_node(create: Callable[[], Node], name: str, args: list[str] | None = None) -> int:
