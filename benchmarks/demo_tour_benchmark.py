@@ -1,6 +1,6 @@
 """The demo tour in the learned world, beside the truth: does the camera end up inside imagined walls?
 
-    .venv/bin/python benchmarks/demo_tour_benchmark.py [--seeds 0 2 4 5] [--steps 200] [--output DIR]
+    .venv/bin/python benchmarks/demo_tour_benchmark.py [--seeds 0 2 4 5] [--steps 200] [--output DIR] [--model-path CKPT]
 
 Runs the ``make run`` tour offline (shipped model, ``config/sim.yaml``, world 0) for each noise seed,
 twice: steered from the pose alone (the fixed triangle through the true room), and also reading the
@@ -8,8 +8,10 @@ scan synthesised from the published depth, as ``make run`` now drives it. Comman
 in the real-time node (each ``odom`` is answered after the step that produced it). The ground-truth
 renderer is moved to the same poses. Printed per run: frames where more than 20 % of the image is nearer
 than 0.45 m (the camera inside a surface; the floor is never that near), the same count for the truth at
-those poses, the share of pixels under 0.6x the true depth, and the distance driven. ``--output`` also
-writes a contact sheet per run (every 10th frame).
+those poses, the share of pixels under 0.6x the true depth, the fog (luminance contrast of the frames
+over the truth's, ``metrics.contrast_ratio``: what a person watching the demo sees fade) and the distance
+driven. ``--output`` also writes a contact sheet per run (every 10th frame); ``--model-path`` runs another
+checkpoint (``mirage-export`` output) instead of the shipped one.
 """
 
 from __future__ import annotations
@@ -25,26 +27,28 @@ from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.sensors import RangeScan
 from mirage_ros.simulator import build_simulator
 from mirage_ros.tour import Tour
-from mirage_ros.training.metrics import camera_inside_surface
+from mirage_ros.training.metrics import camera_inside_surface, contrast_ratio
 from mirage_ros.worlds.contact_sheet import contact_sheet
 
 
-def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None) -> dict[str, float]:
-    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"seed": seed})
+def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None, model_path: str = "") -> dict[str, float]:
+    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"seed": seed, "model_path": model_path})
     learned, truth = build_simulator(params), build_simulator(dict(params, renderer="ground_truth"))
     learned.reset()
     truth.reset()
     tour, scan, dt = Tour(), None, 1.0 / params["rate"]
     previous = learned.base.pose
     inside = inside_truth = 0
-    nearer, driven, frames = [], 0.0, []
+    nearer, driven, frames, images, true_images = [], 0.0, [], [], []
     for k in range(steps):
         forward, yaw_rate = tour.command(previous, scan if reads_scan else None)
         previous = learned.base.pose
         learned.base.command(forward, 0.0, yaw_rate, stamp=k * dt)
         frame = learned.step(dt, (k + 1) * dt)
-        true_depth = truth.step(dt, (k + 1) * dt, frame.pose).result.depth
-        depth = frame.result.depth
+        true_result = truth.step(dt, (k + 1) * dt, frame.pose).result
+        true_depth, depth = true_result.depth, frame.result.depth
+        images.append(frame.result.rgb)
+        true_images.append(true_result.rgb)
         scan = RangeScan.from_depth(depth, learned.camera.K, learned.mount.base_to_optical, learned.camera.hfov)
         inside += camera_inside_surface(depth)
         inside_truth += camera_inside_surface(true_depth)
@@ -55,7 +59,8 @@ def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None) -> dict[s
             frames.append((frame.result.rgb, depth))
     if sheet is not None:
         contact_sheet(frames, columns=5, title=sheet.stem).save(sheet)
-    return {"inside": inside, "inside_truth": inside_truth, "nearer": float(np.mean(nearer)), "driven": driven}
+    return {"inside": inside, "inside_truth": inside_truth, "nearer": float(np.mean(nearer)), "driven": driven,
+            "contrast": contrast_ratio(images, true_images)}
 
 
 def main() -> int:
@@ -63,19 +68,23 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 2, 4, 5], help="noise seeds")
     parser.add_argument("--steps", type=int, default=200, help="steps per run (make run: 20 s at 10 Hz)")
     parser.add_argument("--output", type=Path, default=None, help="folder for one contact sheet per run")
+    parser.add_argument("--model-path", default="", help="world model checkpoint (default: the shipped one)")
     args = parser.parse_args()
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
-    print(f"{'tour':<22} {'seed':>4} {'frames inside (truth)':>22} {'pixels < 0.6x true depth':>25} {'driven m':>9}")
+    print(f"{'tour':<22} {'seed':>4} {'frames inside (truth)':>22} {'pixels < 0.6x true depth':>25} "
+          f"{'contrast / truth':>17} {'driven m':>9}")
     for reads_scan, name in ((False, "pose only"), (True, "pose + scan (make run)")):
-        totals = []
+        totals, contrasts = [], []
         for seed in args.seeds:
             sheet = args.output / f"tour_{'scan' if reads_scan else 'pose'}_seed{seed}.png" if args.output else None
-            result = drive(seed, args.steps, reads_scan, sheet)
+            result = drive(seed, args.steps, reads_scan, sheet, args.model_path)
             totals.append(result["inside"])
+            contrasts.append(result["contrast"])
             print(f"{name:<22} {seed:>4} {result['inside']:>14} ({result['inside_truth']:>3})"
-                  f" {result['nearer']:>25.3f} {result['driven']:>9.2f}", flush=True)
-        print(f"{name:<22}  all {sum(totals):>14} of {args.steps * len(args.seeds)} frames")
+                  f" {result['nearer']:>25.3f} {result['contrast']:>17.2f} {result['driven']:>9.2f}", flush=True)
+        print(f"{name:<22}  all {sum(totals):>14} of {args.steps * len(args.seeds)} frames; "
+              f"contrast {np.mean(contrasts):.2f} of the truth's on average")
     return 0
 
 
