@@ -72,7 +72,7 @@ def test_mirage_run_until_ctrl_c_still_writes_its_report(tiny_checkpoint, tmp_pa
     config.write_text(default_config().read_text().replace('model_path: ""', f'model_path: "{tiny_checkpoint}"'))
     assert str(tiny_checkpoint) in config.read_text()
     run = ConsoleProcess("-m", "mirage_ros.ros.run", "--duration", "0", "--config", str(config),
-                      "--output", str(tmp_path / "report"))
+                         "--output", str(tmp_path / "report"))
     run.wait_for("  step ", timeout=120)  # progress: odometry is flowing
     for _ in range(2):
         run.process.send_signal(signal.SIGINT)
