@@ -1,7 +1,7 @@
 """Sim-to-sim gap: one simple scan-based planner driven closed loop in the learned world (``renderer:
 model``) and in the true world (``renderer: ground_truth``), same procedural world, start and goal.
 
-    .venv/bin/python benchmarks/sim_to_sim_benchmark.py [--world-seed 30] [--steps 200]
+    .venv/bin/python benchmarks/sim_to_sim_benchmark.py [--world-seed 30] [--steps 200] [--start-views N]
 
 The planner reads only the ``scan`` the node would publish (synthesised from depth, ``config/sim.yaml``
 settings): it heads for the drivable beam nearest the goal direction and turns in place when blocked.
@@ -11,8 +11,9 @@ Printed per mode: path length, progress towards the goal, collisions (steps with
 inside a true wall or obstacle: the simulators do not stop the base here, so both are measured against
 the same truth) and whether the goal was reached. In the learned run, the truth is rendered at every
 pose the learned planner visits, so the scans are compared at the same poses: AbsRel of the learned
-scan against the true one, over the beams of remembered content (pixels the start observation saw)
-and over all beams.
+scan against the true one, over the beams of remembered content (pixels the start observations saw:
+``start_views`` of them turning in place, ``config/sim.yaml``'s unless ``--start-views`` is given) and
+over all beams.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 
 import numpy as np
 
+from mirage_ros.geometry import planar_pose_to_transform
 from mirage_ros.kinematics import PlanarPose
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
@@ -94,8 +96,9 @@ def drive(params: dict, steps: int, goal: tuple[float, float], truth: GroundTrut
                       range_min=params["scan_range_min"], range_max=params["scan_range_max"],
                       angle_increment=params["scan_angle_increment"])
     learned = params["renderer"] == "model"
-    start_pose = mount.camera_to_world(simulator.base.pose.matrix())
-    start_depth = truth.render(start_pose, camera.K).depth if learned else None
+    start_poses = [mount.camera_to_world(simulator.base.pose.matrix() @ planar_pose_to_transform(0.0, 0.0, turn))
+                   for turn in 2.0 * math.pi * np.arange(params["start_views"]) / params["start_views"]]
+    start_views = [(truth.render(pose, camera.K).depth, pose) for pose in start_poses] if learned else []
     dt = 1.0 / params["rate"]
     pose, length, collisions, reached = simulator.base.pose, 0.0, 0, False
     remembered_errors, all_errors = [], []
@@ -111,7 +114,8 @@ def drive(params: dict, steps: int, goal: tuple[float, float], truth: GroundTrut
         if learned:
             true_depth = truth.render(frame.cam_to_world, camera.K).depth
             _, _, true_ranges = depth_to_scan(true_depth, camera.K, mount.base_to_optical, camera.hfov, scan)
-            seen = visible_in(true_depth, frame.cam_to_world, start_depth, start_pose, camera.K)
+            seen = np.logical_or.reduce([visible_in(true_depth, frame.cam_to_world, start_depth, start_pose, camera.K)
+                                         for start_depth, start_pose in start_views])
             masked = [np.where(seen, depth, np.nan) for depth in (frame.result.depth, true_depth)]
             _, _, seen_learned = depth_to_scan(masked[0], camera.K, mount.base_to_optical, camera.hfov, scan)
             _, _, seen_true = depth_to_scan(masked[1], camera.K, mount.base_to_optical, camera.hfov, scan)
@@ -134,8 +138,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world-seed", type=int, default=30, help="procedural world (30: a held-out test world)")
     parser.add_argument("--steps", type=int, default=200, help="steps per run (10 Hz)")
+    parser.add_argument("--start-views", type=int, default=None,
+                        help="views of the world observed at the start (default: config/sim.yaml's)")
     args = parser.parse_args()
-    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, {"world_seed": args.world_seed})
+    overrides = {"world_seed": args.world_seed}
+    if args.start_views is not None:
+        overrides["start_views"] = args.start_views
+    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, overrides)
     probe = build_simulator({**params, "renderer": "ground_truth"})
     truth = probe.renderer
     truth.begin(StartSpec(world_seed=args.world_seed), probe.camera, probe.mount,

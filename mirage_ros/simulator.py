@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mirage_ros.camera import CameraMount, PinholeCamera, validate_intrinsics
+from mirage_ros.geometry import invert_transform, planar_pose_to_transform
 from mirage_ros.kinematics import BaseLimits, BodyTwist, PlanarBase, PlanarPose
 from mirage_ros.memory import MemoryStats
 from mirage_ros.model.world_model import StepResult, WorldModel
@@ -40,14 +41,21 @@ class Observation:
     cam_to_odom: np.ndarray
 
 
+#: Most views a procedural-world start may observe turning in place (45 degrees apart at 8).
+MAX_START_VIEWS = 36
+
+
 @dataclass(frozen=True)
 class StartSpec:
     """Where a rollout starts: a saved ``memory_path``, else a mapped place (``recording``: observations
     at their own poses, e.g. every usable frame of a bag), else an RGB-D observation (``rgb`` + ``depth``
     arrays, or ``rgb_path`` + ``depth_path`` files; ``K`` at their resolution, default: the simulator
-    camera's field of view) placed at the initial pose, else the procedural world ``world_seed``."""
+    camera's field of view) placed at the initial pose, else the procedural world ``world_seed``, observed
+    in ``start_views`` views turning in place at the start (1: the start view alone; the start view is the
+    first frame's context either way)."""
 
     world_seed: int = 0
+    start_views: int = 1
     rgb_path: str = ""
     depth_path: str = ""
     K: tuple[float, ...] = ()
@@ -55,6 +63,10 @@ class StartSpec:
     rgb: np.ndarray | None = field(default=None, compare=False)
     depth: np.ndarray | None = field(default=None, compare=False)
     recording: tuple[Observation, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.start_views <= MAX_START_VIEWS:
+            raise ValueError(f"start_views must be 1..{MAX_START_VIEWS}, got {self.start_views}")
 
     @property
     def kind(self) -> str:
@@ -187,17 +199,18 @@ class ModelRenderer:
             self.model.reset(first.rgb, first.depth, first.K, first.cam_to_odom)
             for observation in tqdm(rest, desc="mapping the recording", unit="frame", disable=not self.progress):
                 self.model.observe(observation.rgb, observation.depth, observation.K, observation.cam_to_odom)
+        elif kind == "observation":
+            rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
+                          else load_observation(start.rgb_path, start.depth_path))
+            K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
+                 PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], camera.hfov).K)
+            self.model.reset(rgb, depth, validate_intrinsics(K, "start K"), cam_to_odom)  # validates first
         else:
-            if kind == "observation":
-                rgb, depth = ((start.rgb, start.depth) if start.rgb is not None
-                              else load_observation(start.rgb_path, start.depth_path))
-                K = (np.asarray(start.K, dtype=np.float64).reshape(3, 3) if start.K else
-                     PinholeCamera.from_hfov(rgb.shape[1], rgb.shape[0], camera.hfov).K)
-                K = validate_intrinsics(K, "start K")
-            else:
-                rgb, depth = render_world_start(start.world_seed, camera, mount)
-                K = camera.K
-            self.model.reset(rgb, depth, K, cam_to_odom)  # validates before it changes anything
+            base_to_odom = cam_to_odom @ invert_transform(mount.base_to_optical)
+            views = render_world_start(start.world_seed, camera, mount, start.start_views)
+            for index, (rgb, depth, turn) in enumerate(views):  # the first clears the memory
+                turned = mount.camera_to_world(base_to_odom @ planar_pose_to_transform(0.0, 0.0, turn))
+                (self.model.observe if index else self.model.reset)(rgb, depth, camera.K, turned)
 
     def add_camera(self, cam_to_odom: np.ndarray) -> None:
         self.model.add_camera(cam_to_odom)
@@ -268,7 +281,8 @@ class Simulator:
         raises ``ValueError`` with the base, the memory and the start specification as they were. Ends by
         warming the renderer up (``FrameRenderer.warm_up``): the node's first steps are on time.
         """
-        start = self.start if world_seed is None else StartSpec(world_seed=world_seed)
+        start = self.start if world_seed is None else StartSpec(world_seed=world_seed,
+                                                                start_views=self.start.start_views)
         self.renderer.begin(start, self.camera, self.mount, self.mount.camera_to_world(self.initial_pose.matrix()))
         self.start = start
         self.base.reset(self.initial_pose)
@@ -391,8 +405,9 @@ def build_simulator(params: dict[str, Any], robots: Sequence[dict[str, Any]] = (
     model = model if model is not None else build_world_model(params)
     height, width = model.image_size
     camera = PinholeCamera.from_hfov(width, height, params["horizontal_fov"])
-    start = StartSpec(world_seed=params["world_seed"], rgb_path=params["start_rgb"], depth_path=params["start_depth"],
-                      K=tuple(params["start_k"]) if any(params["start_k"]) else (), memory_path=params["memory_file"])
+    start = StartSpec(world_seed=params["world_seed"], start_views=params["start_views"], rgb_path=params["start_rgb"],
+                      depth_path=params["start_depth"], K=tuple(params["start_k"]) if any(params["start_k"]) else (),
+                      memory_path=params["memory_file"])
     return Simulator(build_renderer(params["renderer"], model, progress), camera, first.mount, first.base, start,
                      first.initial_pose, CollisionConfig.from_parameters(params), companions)
 
@@ -416,13 +431,17 @@ def base_limits(params: dict[str, Any]) -> BaseLimits:
                       max_angular_acceleration=params["max_angular_acceleration"])
 
 
-def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMount) -> tuple[np.ndarray, np.ndarray]:
-    """The first observation in procedural world ``world_seed``, from a free start pose."""
+def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMount,
+                       views: int = 1) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The first observations in procedural world ``world_seed`` from a free start pose: ``views`` RGB-D
+    frames turning in place, each with its yaw (rad) from the start heading, the start view (yaw 0) last."""
     from mirage_ros.worlds import generate_world
     from mirage_ros.worlds.renderer import GroundTruthRenderer
     from mirage_ros.worlds.trajectories import free_start_pose
 
     world = generate_world(world_seed)
     start = free_start_pose(world, world_seed)
+    turns = [2.0 * np.pi * k / views for k in range(1, views)] + [0.0]
     with GroundTruthRenderer(world, camera.width, camera.height) as renderer:
-        return renderer.render(mount.camera_to_world(start.matrix()), camera.K)
+        return [(*renderer.render(mount.camera_to_world(replace(start, yaw=start.yaw + turn).matrix()), camera.K), turn)
+                for turn in turns]

@@ -7,7 +7,7 @@ import pytest
 from scenes import box_depth
 
 from mirage_ros.camera import CameraMount, PinholeCamera
-from mirage_ros.kinematics import BaseLimits, PlanarBase
+from mirage_ros.kinematics import BaseLimits, PlanarBase, PlanarPose
 from mirage_ros.model.world_model import WorldModel
 from mirage_ros.simulator import CollisionConfig, ModelRenderer, Simulator, StartSpec, load_observation
 
@@ -103,3 +103,23 @@ def test_reset_warms_the_model_up_so_the_first_step_traces_nothing_new(tiny_chec
     base.command(0.5, 0.0, 0.3, stamp=0.0)
     sim.step(0.1, now=0.1)
     assert model.traced.num_traces == 2
+
+
+def test_a_procedural_start_observed_all_round_remembers_what_lies_behind_the_start(tiny_checkpoint):
+    model = WorldModel.from_pretrained(tiny_checkpoint)
+
+    def coverage_behind(views: int, world_seed: int | None = None) -> tuple[float, float, int]:
+        sim = Simulator(ModelRenderer(model), CAMERA, MOUNT, PlanarBase(), StartSpec(start_views=views))
+        sim.reset(world_seed)
+        observations = model.memory_stats().observations
+        ahead = sim.step(0.1, 0.1).result.coverage  # the first step continues from the start view
+        sim.teleport(PlanarPose(0.0, 0.0, math.pi))
+        return ahead, sim.step(0.1, 0.2).result.coverage, observations
+
+    ahead, behind, written_once = coverage_behind(1)
+    assert ahead > 0.9 and behind < 0.05
+    ahead, behind, written = coverage_behind(8)
+    assert written > 6 * written_once and ahead > 0.9 and behind > 0.8
+    assert coverage_behind(8, world_seed=3)[2] > 6 * written_once  # a reset into another world keeps the views
+    with pytest.raises(ValueError, match="start_views"):
+        StartSpec(start_views=0)

@@ -42,7 +42,8 @@ from mirage_ros.ros.frame_messages import (AUTO_FRAME_PREFIX, STEP_TOPICS, Outpu
 from mirage_ros.ros.parameters import ParameterSpec, declare_and_validate
 from mirage_ros.ros.recording import start_in_recording
 from mirage_ros.ros.spin import run_node
-from mirage_ros.simulator import RENDERERS, CollisionConfig, SimFrame, base_limits, build_simulator
+from mirage_ros.simulator import (MAX_START_VIEWS, RENDERERS, CollisionConfig, SimFrame, base_limits,
+                                  build_simulator)
 from mirage_ros.srv import MemoryFile, Reset, StepFrames
 
 NODE_NAME = "mirage_sim"
@@ -151,6 +152,9 @@ PARAMETERS = [
                   low=0, high=2**31 - 1),
     ParameterSpec("world_seed", 0, "Procedural world to start in (when no start observation or memory); "
                   "the reset service can pick another.", read_only=True, low=0, high=2**31 - 1),
+    ParameterSpec("start_views", 8, "Views of the procedural world observed before the first step, turning in "
+                  "place at the start, evenly spaced (1: the start view alone).", read_only=True, low=1,
+                  high=MAX_START_VIEWS),
     ParameterSpec("start_rgb", "", "Start from this RGB image file instead of a procedural world.", read_only=True),
     ParameterSpec("start_depth", "", "Depth of the start observation: .npy metres or 16-bit PNG millimetres.",
                   read_only=True),
