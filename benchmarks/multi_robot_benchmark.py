@@ -1,6 +1,6 @@
 """Several robots in one imagined world: batched steps vs the robots stepped one after another.
 
-    .venv/bin/python benchmarks/multi_robot_benchmark.py [--steps 40] [--robots 1 2 4]
+    .venv/bin/python benchmarks/multi_robot_benchmark.py [--steps 40] [--robots 1 2 4] [--start-views N]
 
 For each robot count N, side by side in one run and with the shipped model and config/sim.yaml:
 "batched" is one simulator with N robots (one memory, one batched model step for all N cameras,
@@ -62,8 +62,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="measured steps per configuration")
     parser.add_argument("--robots", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--start-views", type=int, default=None,
+                        help="views of the world observed at the start (default: config/sim.yaml's; 1: the start "
+                             "view alone, so the robots facing away from it generate every view)")
     args = parser.parse_args()
-    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS)
+    overrides = {} if args.start_views is None else {"start_views": args.start_views}
+    params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS, overrides)
     dt = 1.0 / params["rate"]
     print(f"shipped model, config/sim.yaml (precision {params['precision']}, {params['num_inference_steps']} "
           f"denoising steps), {args.steps} steps after {WARM_UP} warm-up steps")
