@@ -62,8 +62,7 @@ def test_a_lighter_decoder_trains_onto_the_frozen_encoder_and_keeps_the_latent_s
     common = ["--data", str(tmp_path / "data"), "--batch-size", "8", "--log-every", "1", "--workers", "0",
               "--mixed-precision", "no", "--init-from", str(tmp_path / "source"), "--decoder-only"]
     train_autoencoder.main(common + ["--output", str(run), "--steps", "20", "--save-every", "10", "--lr", "2e-3",
-                                     "--decoder-layers-per-block", "0", "--ema-decay", "0", "--flat-walls", "0.2",
-                                     "--token-mosaics", "0.5"])
+                                     "--decoder-layers-per-block", "0", "--ema-decay", "0", "--flat-walls", "0.2"])
     history = losses(run)
     assert len(history) == 20 and sum(history[-5:]) / 5 < sum(history[:5]) / 5
     trained = load_component(RGBDAutoencoder, run / "checkpoint")
@@ -86,8 +85,6 @@ def test_a_lighter_decoder_trains_onto_the_frozen_encoder_and_keeps_the_latent_s
         train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--decoder-layers-per-block", "-1"])
     with pytest.raises(SystemExit):
         train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--flat-walls", "1.5"])
-    with pytest.raises(SystemExit):
-        train_autoencoder.main(common + ["--output", str(tmp_path / "bad"), "--token-mosaics", "-0.1"])
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="decoder_layers_per_block"):
         RGBDAutoencoder(decoder_layers_per_block=-1)
@@ -105,27 +102,6 @@ def test_flat_walls_replace_the_share_of_samples_asked_for_with_one_colour_at_on
     assert len({tuple(sample[:, 0, 0].tolist()) for sample in rgb[flat]}) == int(flat.sum())  # a colour each
     train_autoencoder.replace_with_flat_walls(rgb, depth, 0.0)
     assert not (depth.flatten(1).std(-1) == 0).logical_xor(flat).any()
-
-
-def test_token_mosaics_decode_tokens_beside_another_frames_and_target_the_pixels_under_them():
-    torch.manual_seed(0)
-    masks = train_autoencoder.token_mosaics(400, (4, 6), 0.5)
-    mixed = masks.flatten(1).any(1)
-    assert 0.3 < float(mixed.float().mean()) < 0.5  # a picked sample's blocks may all stay its own
-    assert 0.35 < float(masks[mixed].float().mean()) < 0.65
-    assert train_autoencoder.token_mosaics(8, (4, 4), 0.0) is None
-    model = RGBDAutoencoder(latent_channels=4, block_out_channels=(8, 8))  # 2x downsampling: 8 px -> 4 cells
-    rgb, depth = torch.rand(3, 3, 8, 8), torch.rand(3, 8, 8) * 3 + 0.5
-    mosaic = torch.zeros(3, 4, 4, dtype=torch.bool)
-    mosaic[1, :, 2:] = True  # sample 1's right half from sample 0
-    with torch.no_grad():
-        target, mixed_output, _ = model(rgb, depth, torch.Generator().manual_seed(1), mosaic=mosaic)
-        plain_target, plain_output, _ = model(rgb, depth, torch.Generator().manual_seed(1))
-    assert torch.equal(target[1, :, :, 4:], plain_target[0, :, :, 4:])
-    assert torch.equal(target[1, :, :, :4], plain_target[1, :, :, :4])
-    assert torch.equal(target[[0, 2]], plain_target[[0, 2]])
-    assert torch.allclose(mixed_output[[0, 2]], plain_output[[0, 2]], atol=1e-6)
-    assert not torch.allclose(mixed_output[1], plain_output[1])
 
 
 def test_accelerate_launch_with_two_processes_writes_one_log_and_one_checkpoint(tmp_path):

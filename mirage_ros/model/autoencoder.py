@@ -93,24 +93,10 @@ class RGBDAutoencoder(ModelMixin, ConfigMixin):
     def decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split_output(self.decode_raw(latent))
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, generator: torch.Generator | None = None,
-                mosaic: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: ``(network input, reconstruction, KL per sample)`` with a sampled latent.
-
-        ``mosaic`` (bool ``[B,h,w]`` on the latent grid): where set, a sample's latent cells, and the target
-        pixels under them, are those of the previous sample in the batch: the decoder learns to draw each
-        token beside another frame's tokens, as a memory read places them.
-        """
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: ``(network input, reconstruction, KL per sample)`` with a sampled latent."""
         target = self.to_input(rgb, depth)
         posterior = self.vae.encode(target).latent_dist
-        latent = posterior.sample(generator)
-        if mosaic is not None:
-            latent = torch.where(mosaic[:, None], latent.roll(1, 0), latent)
-            target = torch.where(cells_to_pixels(mosaic, self.downsample_factor)[:, None], target.roll(1, 0), target)
-        reconstruction = self.vae.decode(latent).sample
+        reconstruction = self.vae.decode(posterior.sample(generator)).sample
         return target, reconstruction, posterior.kl()
-
-
-def cells_to_pixels(mask: torch.Tensor, factor: int) -> torch.Tensor:
-    """A ``[B,h,w]`` latent-grid mask as the ``[B,h*factor,w*factor]`` image mask of the pixels under its cells."""
-    return mask.repeat_interleave(factor, 1).repeat_interleave(factor, 2)

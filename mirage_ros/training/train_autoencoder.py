@@ -30,7 +30,7 @@ import torch
 from accelerate import PartialState
 import torch.nn.functional as F
 
-from mirage_ros.model.autoencoder import RGBDAutoencoder, cells_to_pixels
+from mirage_ros.model.autoencoder import RGBDAutoencoder
 from mirage_ros.model.checkpoint import load_component
 from mirage_ros.training.common import add_common_arguments, train_loop
 from mirage_ros.worlds.dataset import FrameDataset, SequenceDataset
@@ -79,33 +79,14 @@ def replace_with_flat_walls(rgb: torch.Tensor, depth: torch.Tensor, share: float
         depth[flat] = distance.expand(count, *depth.shape[-2:]).to(depth.dtype)
 
 
-def token_mosaics(batch: int, cells: tuple[int, int], share: float) -> torch.Tensor | None:
-    """Latent-cell masks for ``RGBDAutoencoder.forward(mosaic=)``: about ``share`` of the samples get square
-    blocks of 1, 2 or 4 cells a side (one size per sample), each taken from the previous sample with
-    probability 1/2; the rest keep their own tokens. None when no sample is picked."""
-    picked = torch.nonzero(torch.rand(batch) < share).flatten()
-    if not picked.numel():
-        return None
-    h, w = cells
-    masks = torch.zeros(batch, h, w, dtype=torch.bool)
-    for index in picked:
-        block = 2 ** int(torch.randint(0, 3, ()))
-        coarse = torch.rand(1, -(-h // block), -(-w // block)) < 0.5
-        masks[index] = cells_to_pixels(coarse, block)[0, :h, :w]
-    return masks
-
-
 def autoencoder_loss(model: RGBDAutoencoder, batch: dict, crop_size: int = 0, edge_weight: float = 0.0,
-                     flat_walls: float = 0.0, mosaics: float = 0.0, patch: int = 8) -> tuple[torch.Tensor, dict[str, float]]:
+                     flat_walls: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     rgb, depth = random_crops(*batch_to_model_input(batch), crop_size)
     if flat_walls > 0:
         replace_with_flat_walls(rgb, depth, flat_walls)
     if torch.rand(()) < 0.5:  # mirror augmentation
         rgb, depth = rgb.flip(-1), depth.flip(-1)
-    mosaic = token_mosaics(len(depth), (depth.shape[-2] // patch, depth.shape[-1] // patch), mosaics)
-    target, reconstruction, kl = model(rgb, depth, mosaic=mosaic)
-    if mosaic is not None:  # the depth whose validity counts is the one the target shows
-        depth = torch.where(cells_to_pixels(mosaic, patch), depth.roll(1, 0), depth)
+    target, reconstruction, kl = model(rgb, depth)
     reconstruction = reconstruction.float()
     valid = (torch.isfinite(depth) & (depth > 0)).unsqueeze(1).float()
     rgb_l1 = F.l1_loss(reconstruction[:, :3], target[:, :3])
@@ -166,9 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-layers-per-block", type=int, default=None,
                         help="residual layers per decoder resolution (diffusers' decoder has one more); "
                              "default: as the encoder (or as --init-from's)")
-    parser.add_argument("--token-mosaics", type=float, default=0.0,
-                        help="share of the samples decoded as a mosaic: blocks of their latent cells (and the "
-                             "target pixels under them) from another sample, as memory reads compose tokens")
     parser.add_argument("--decoder-only", action="store_true",
                         help="train only the decoder, onto --init-from's frozen encoder (its latent space and "
                              "latent statistics are kept)")
@@ -177,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--crop-size must be a multiple of 8, got {args.crop_size}")
     if not 0.0 <= args.flat_walls <= 1.0:
         parser.error(f"--flat-walls is a share of the samples in [0, 1], got {args.flat_walls}")
-    if not 0.0 <= args.token_mosaics <= 1.0:
-        parser.error(f"--token-mosaics is a share of the samples in [0, 1], got {args.token_mosaics}")
     if args.decoder_only and args.init_from is None:
         parser.error("--decoder-only trains a decoder onto an existing encoder: give it with --init-from")
     if args.decoder_layers_per_block is not None and args.decoder_layers_per_block < 0:
@@ -202,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                                 block_out_channels=tuple(args.block_out_channels), **changes)
     print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(frames)} frames")
     loss_fn = functools.partial(autoencoder_loss, crop_size=args.crop_size, edge_weight=args.edge_weight,
-                                flat_walls=args.flat_walls, mosaics=args.token_mosaics, patch=model.downsample_factor)
+                                flat_walls=args.flat_walls)
     model = train_loop(args, model, loader, loss_fn, "autoencoder")
     state = PartialState()
     if state.is_main_process and not args.decoder_only:  # one process calibrates and writes
