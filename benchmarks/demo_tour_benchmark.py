@@ -58,7 +58,7 @@ def drive(seed: int, steps: int, reads_scan: bool, sheet: Path | None, overrides
         valid = np.isfinite(depth) & np.isfinite(true_depth) & (true_depth > 0)
         nearer.append(np.mean(depth[valid] < 0.6 * true_depth[valid]))
         psnrs.append(psnr(frame.result.rgb, true_result.rgb))
-        abs_rels.append(depth_abs_rel(depth, true_depth, valid))
+        abs_rels.append(depth_abs_rel(depth, true_depth))
         driven += math.hypot(frame.pose.x - previous.x, frame.pose.y - previous.y)
         if k % 10 == 0:
             frames.append((frame.result.rgb, depth))

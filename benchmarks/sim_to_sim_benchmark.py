@@ -28,7 +28,7 @@ from mirage_ros.kinematics import PlanarPose
 from mirage_ros.ros.parameters import default_config, parameters_from_yaml
 from mirage_ros.ros.sim_node import NODE_NAME, PARAMETERS
 from mirage_ros.sensors import ScanConfig, depth_to_scan
-from mirage_ros.simulator import StartSpec, build_simulator
+from mirage_ros.simulator import StartSpec, build_simulator, start_turns
 from mirage_ros.training.metrics import depth_abs_rel, visible_in
 from mirage_ros.worlds import generate_world
 from mirage_ros.worlds.ground_truth import GroundTruthFrames
@@ -97,7 +97,7 @@ def drive(params: dict, steps: int, goal: tuple[float, float], truth: GroundTrut
                       angle_increment=params["scan_angle_increment"])
     learned = params["renderer"] == "model"
     start_poses = [mount.camera_to_world(simulator.base.pose.matrix() @ planar_pose_to_transform(0.0, 0.0, turn))
-                   for turn in 2.0 * math.pi * np.arange(params["start_views"]) / params["start_views"]]
+                   for turn in start_turns(params["start_views"])]
     start_views = [(truth.render(pose, camera.K).depth, pose) for pose in start_poses] if learned else []
     dt = 1.0 / params["rate"]
     pose, length, collisions, reached = simulator.base.pose, 0.0, 0, False

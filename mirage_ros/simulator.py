@@ -441,7 +441,12 @@ def render_world_start(world_seed: int, camera: PinholeCamera, mount: CameraMoun
 
     world = generate_world(world_seed)
     start = free_start_pose(world, world_seed)
-    turns = [2.0 * np.pi * k / views for k in range(1, views)] + [0.0]
     with GroundTruthRenderer(world, camera.width, camera.height) as renderer:
         return [(*renderer.render(mount.camera_to_world(replace(start, yaw=start.yaw + turn).matrix()), camera.K), turn)
-                for turn in turns]
+                for turn in start_turns(views)]
+
+
+def start_turns(views: int) -> list[float]:
+    """Yaws (rad, from the start heading) of the ``views`` start observations, evenly spaced, the start view
+    (0) last so that it is the first step's context."""
+    return [2.0 * np.pi * k / views for k in range(1, views)] + [0.0]
