@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from mirage_ros.training import evaluate
 
 
@@ -17,6 +20,10 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
         # The other route passes through the mapped room: every frame is scored on pixels mapping saw.
         assert replayed["frames"] == evaluate.REPLAY_FRAMES
         assert replayed["seen_psnr_db"] > 0 and 0 < replayed["seen_depth_absrel"] < 10
+        # The route looks at the floor: the split scores it, and the floor is a share of the seen pixels.
+        assert 0 < replayed["floor_frames"] <= replayed["frames"] and replayed["other_frames"] <= replayed["frames"]
+        assert 0.0 < replayed["floor_share_of_seen"] < 1.0 and replayed["seen_floor_psnr_db"] > 0
+    assert "seen floor PSNR" in (output / "report.md").read_text()
     assert "| latent |" in (output / "report.md").read_text().split("Replay")[1]
     # Long rollouts: realism two-sample accuracies are accuracies, and consistency is measured for both.
     long = metrics["long_rollouts"]
@@ -50,3 +57,25 @@ def test_evaluation_writes_report_metrics_and_plots(tiny_checkpoint, tmp_path):
     report = (output / "report.md").read_text()
     assert all(f"| {variant} |" in report for variant in (*evaluate.VARIANTS, "truth"))
     assert (output / "loop_closure.png").stat().st_size > 0 and (output / "examples.png").stat().st_size > 0
+    assert (output / "replay.png").stat().st_size > 0
+
+
+def test_seen_scores_split_the_seen_pixels_into_floor_and_rest():
+    """A frame right on the floor and wrong elsewhere scores the floor perfectly and the rest not; the
+    floor's share counts seen pixels only, and a part under ``REPLAY_PART_SHARE`` of the view is not scored."""
+    truth_rgb, truth_depth = np.full((16, 16, 3), 100, np.uint8), np.ones((16, 16), np.float32)
+    out_rgb = truth_rgb.copy()
+    out_rgb[:8] = 140  # wrong in the top half, which is not floor
+    floor = np.zeros((16, 16), bool)
+    floor[8:] = True
+    seen = np.ones((16, 16), bool)
+    seen[:4] = False
+    scores = evaluate.seen_scores([out_rgb], [truth_depth], [(truth_rgb, truth_depth)], [seen], [floor])
+    assert scores["floor_psnr"] == [float("inf")] and 0 < scores["other_psnr"][0] < 30
+    assert scores["floor_share"] == [pytest.approx(128 / 192)]
+    tiny_floor = np.zeros((16, 16), bool)
+    tiny_floor[15, :4] = True  # 4 of 256 pixels: under 5 % of the view
+    scores = evaluate.seen_scores([out_rgb], [truth_depth], [(truth_rgb, truth_depth)], [seen], [tiny_floor])
+    assert scores["floor_psnr"] == [] and len(scores["psnr"]) == len(scores["other_psnr"]) == 1
+    # Without floor masks, only the whole-seen scores (as the rollout tests use it).
+    assert set(evaluate.seen_scores([out_rgb], [truth_depth], [(truth_rgb, truth_depth)], [seen])) == {"psnr", "absrel"}

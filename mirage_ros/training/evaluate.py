@@ -17,7 +17,9 @@ from the first frame and generates the rest. Reported:
   (``latent_unrefined``: remembered tokens decoded as read);
 - replay: the memory built from a ground-truth mapping run through the public observation API
   (``WorldModel.observe``), then another route through the same world, scored on the pixels the
-  mapping run saw; latent and explicit memory side by side (the paper's claim: latent is as good);
+  mapping run saw; latent and explicit memory side by side (the paper's claim: latent is as good), also
+  split into the floor and everything else (the floor is most of what a mapping run sees, and is where
+  the memories differ most), with a picture of the first world's replay;
 - long rollouts (``LONG_FRAMES`` steps of free-space driving with look-arounds, and of turning in
   place) with the default latent memory: realism as a two-sample test (``realism.py``: can a small
   CNN tell generated RGB-D frames from true ones at the same poses? 0.5 = no), over the whole rollouts
@@ -75,6 +77,8 @@ FLOOR_MARGIN = 0.02
 MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 #: A replay frame is scored when at least this share of it was seen by the mapping run.
 REPLAY_SEEN_SHARE = 0.3
+#: ...and scored on its seen floor (or seen rest) alone when that part is at least this share of the view.
+REPLAY_PART_SHARE = 0.05
 REPLAY_VARIANTS = ("latent", "latent_unrefined", "latent_redraw", "explicit")
 #: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
 LONG_FRAMES = 150
@@ -114,7 +118,9 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                          "covered_psnr": [], "timings": [], "rgb": [], "depth": [], "below_floor": [],
                          "floor_absrel": []} for variant in ("truth", *VARIANTS)}
     reconstruction = {"psnr": [], "ssim": [], "absrel": []}
-    replayed = {variant: {"psnr": [], "absrel": []} for variant in REPLAY_VARIANTS}
+    replayed = {variant: {"psnr": [], "absrel": [], "floor_psnr": [], "other_psnr": [], "floor_share": []}
+                for variant in REPLAY_VARIANTS}
+    replay_example = {}
     long = {"true": [], "generated": [], "reconstructed": [], "group": [], "last_third": [], "late_rgb": [],
             "late_depth": [], "reprojection": [], "truth_reprojection": [], "inside": [], "truth_inside": [],
             "depth_steps": [], "truth_depth_steps": [], "contrast": []}
@@ -159,9 +165,11 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                 examples["truth"] = {"rgb": truth_rgb, "depth": truth_depth}
         with GroundTruthRenderer(world, width, height) as renderer:
             long_rollouts(base, world, world_seed, renderer, camera, device, seed, precision, long, long_frames)
-            for variant, scores in replay(base, world, world_seed, renderer, camera, device, seed, precision).items():
-                for name, values in scores.items():
+            scores, example = replay(base, world, world_seed, renderer, camera, device, seed, precision)
+            for variant, variant_scores in scores.items():
+                for name, values in variant_scores.items():
                     replayed[variant][name].extend(values)
+            replay_example = replay_example or example
     summary = {"truth": geometry_summary(results.pop("truth"))}
     for variant, record in results.items():
         timings = record.pop("timings")
@@ -179,9 +187,14 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             "step_ms_median": phases,
             **geometry_summary(record),
         }
-    summary["replay"] = {variant: {"seen_psnr_db": float(np.mean(r["psnr"])) if r["psnr"] else None,
-                                   "seen_depth_absrel": float(np.mean(r["absrel"])) if r["absrel"] else None,
-                                   "frames": len(r["psnr"])} for variant, r in replayed.items()}
+    summary["replay"] = {variant: {"seen_psnr_db": mean_or_none(r["psnr"]),
+                                   "seen_depth_absrel": mean_or_none(r["absrel"]), "frames": len(r["psnr"]),
+                                   "seen_floor_psnr_db": mean_or_none(r["floor_psnr"]),
+                                   "floor_frames": len(r["floor_psnr"]),
+                                   "seen_other_psnr_db": mean_or_none(r["other_psnr"]),
+                                   "other_frames": len(r["other_psnr"]),
+                                   "floor_share_of_seen": mean_or_none(r["floor_share"])}
+                         for variant, r in replayed.items()}
     true, generated, groups = torch.stack(long["true"]), torch.stack(long["generated"]), np.array(long["group"])
     last_third = np.array(long["last_third"])
     summary["long_rollouts"] = {
@@ -202,7 +215,11 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     summary["autoencoder"] = {"reconstruction_psnr_db": float(np.mean(reconstruction["psnr"])),
                               "reconstruction_ssim": float(np.mean(reconstruction["ssim"])),
                               "reconstruction_depth_absrel": float(np.mean(reconstruction["absrel"]))}
-    return summary, examples
+    return summary, {"drives": examples, "replay": replay_example}
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str,
@@ -241,24 +258,28 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
 
 
 def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
-           precision: str) -> dict[str, dict[str, list[float]]]:
+           precision: str) -> tuple[dict[str, dict[str, list[float]]], dict]:
     """Map the world from a ground-truth run (``reset`` + ``observe`` of every frame), then drive another
-    route and score the pixels the mapping run saw, for each memory of ``REPLAY_VARIANTS``."""
+    route and score the pixels the mapping run saw, for each memory of ``REPLAY_VARIANTS``. Returns the
+    scores and the frames (for ``example_strip``: the truth with unseen pixels faded to grey, and each memory's)."""
     mapping = generate_trajectory(world, "explore", MAPPING_FRAMES, world_seed)
     route = generate_trajectory(world, "explore", REPLAY_FRAMES, world_seed + 1_000_003)
     mapped = [renderer.render(pose, camera.K) for pose in mapping.cam_to_world]
     truth = [renderer.render(pose, camera.K) for pose in route.cam_to_world]
     seen = seen_pixels([d for _, d in truth], route.cam_to_world, [d for _, d in mapped], mapping.cam_to_world,
                        camera.K)
-    scores = {}
+    floor = [heights_above_floor(d, pose, camera.K) < FLOOR_MARGIN for (_, d), pose in zip(truth, route.cam_to_world)]
+    faded = [np.where(m[..., None], rgb, rgb // 2 + 64).astype(np.uint8) for (rgb, _), m in zip(truth, seen)]
+    scores, example = {}, {"seen": {"rgb": faded, "depth": [d for _, d in truth]}}
     for variant in REPLAY_VARIANTS:
         model = variant_model(base, variant, device, seed, precision)
         model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
         for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
             model.observe(rgb, depth, camera.K, pose)
         generated = [model.step(pose) for pose in route.cam_to_world]
-        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen)
-    return scores
+        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen, floor)
+        example[variant] = {"rgb": [g.rgb for g in generated], "depth": [g.depth for g in generated]}
+    return scores, example
 
 
 def seen_pixels(depths: list[np.ndarray], poses: np.ndarray, mapped_depths: list[np.ndarray],
@@ -274,14 +295,25 @@ def seen_pixels(depths: list[np.ndarray], poses: np.ndarray, mapped_depths: list
 
 
 def seen_scores(rgb: list[np.ndarray], depth: list[np.ndarray], truth: list[tuple[np.ndarray, np.ndarray]],
-                seen: list[np.ndarray]) -> dict[str, list[float]]:
+                seen: list[np.ndarray], floor: list[np.ndarray] | None = None) -> dict[str, list[float]]:
     """PSNR and depth AbsRel of generated frames against the truth on the seen pixels, in frames where
-    they are at least ``REPLAY_SEEN_SHARE`` of the view."""
+    they are at least ``REPLAY_SEEN_SHARE`` of the view. Given the truth's ``floor`` pixels, also the PSNR
+    on the seen floor and on the seen rest, each where it is at least ``REPLAY_PART_SHARE`` of the view,
+    and the floor's share of the seen pixels."""
     result = {"psnr": [], "absrel": []}
-    for out_rgb, out_depth, (true_rgb, true_depth), mask in zip(rgb, depth, truth, seen):
-        if mask.mean() >= REPLAY_SEEN_SHARE:
-            result["psnr"].append(psnr(out_rgb, true_rgb, mask))
-            result["absrel"].append(depth_abs_rel(out_depth, true_depth, mask))
+    if floor is not None:
+        result.update(floor_psnr=[], other_psnr=[], floor_share=[])
+    for t, (out_rgb, out_depth, (true_rgb, true_depth), mask) in enumerate(zip(rgb, depth, truth, seen)):
+        if mask.mean() < REPLAY_SEEN_SHARE:
+            continue
+        result["psnr"].append(psnr(out_rgb, true_rgb, mask))
+        result["absrel"].append(depth_abs_rel(out_depth, true_depth, mask))
+        if floor is None:
+            continue
+        result["floor_share"].append(float((mask & floor[t]).sum() / mask.sum()))
+        for name, part in (("floor_psnr", mask & floor[t]), ("other_psnr", mask & ~floor[t])):
+            if part.mean() >= REPLAY_PART_SHARE:
+                result[name].append(psnr(out_rgb, true_rgb, part))
     return result
 
 
@@ -336,12 +368,13 @@ def bar_chart(values: dict[str, float], title: str, unit: str, path: Path, targe
     image.save(path)
 
 
-def example_strip(examples: dict, path: Path, count: int = 6) -> None:
-    """Rows: ground truth, then each variant; columns: frames along the out-and-back trajectory."""
-    truth = examples["truth"]
+def example_strip(examples: dict, path: Path, count: int = 6, truth: str = "truth",
+                  variants: tuple[str, ...] = VARIANTS) -> None:
+    """Rows: ground truth (``examples[truth]``), then each variant; columns: frames along the trajectory."""
+    truth = examples[truth]
     frames = len(truth["rgb"])
     indices = np.linspace(0, frames - 1, count).round().astype(int)
-    rows = [("ground truth", truth)] + [(v, examples[v]) for v in VARIANTS if v in examples]
+    rows = [("ground truth", truth)] + [(v, examples[v]) for v in variants if v in examples]
     h, w = truth["rgb"][0].shape[:2]
     sheet = Image.new("RGB", (110 + count * (2 * w + 8), len(rows) * (h + 6) + 20), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
@@ -406,6 +439,14 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
               "|---|---|---|---|"]
     for variant, r in summary["replay"].items():
         lines.append(f"| {variant} | {fmt(r['seen_psnr_db'])} | {fmt(r['seen_depth_absrel'], 3)} | {r['frames']} |")
+    floor_share = summary["replay"][REPLAY_VARIANTS[0]]["floor_share_of_seen"]
+    lines += ["", f"The same seen pixels split: the floor ({fmt(floor_share and 100 * floor_share, 0)} % of them) and "
+              f"the rest, each scored in frames where it is at least {REPLAY_PART_SHARE:.0%} of the view "
+              "(`replay.png`: the first world's route; ground truth with the unseen pixels faded to grey):", "",
+              "| memory | seen floor PSNR (dB) | frames | seen rest PSNR (dB) | frames |", "|---|---|---|---|---|"]
+    for variant, r in summary["replay"].items():
+        lines.append(f"| {variant} | {fmt(r['seen_floor_psnr_db'])} | {r['floor_frames']} | "
+                     f"{fmt(r['seen_other_psnr_db'])} | {r['other_frames']} |")
     lines += ["", "Depth as a planner reads it (frames after the start; ground truth first):", "",
               "| variant | depth seam ratio | RGB seam ratio | depth points below the floor | imagined-floor depth "
               "AbsRel | frames |", "|---|---|---|---|---|---|"]
@@ -430,7 +471,7 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
               "denoises from pure noise (memory reuse off); `latent_redraw` lets the denoiser redraw remembered "
               "tokens instead of keeping them (`keep_remembered` off); `latent_unrefined` decodes remembered tokens as "
               "read, without the checkpoint's read refiner.", "",
-              "![loop closure](loop_closure.png)", "", "![examples](examples.png)", ""]
+              "![loop closure](loop_closure.png)", "", "![examples](examples.png)", "", "![replay](replay.png)", ""]
     text = "\n".join(lines)
     (output / "report.md").write_text(text)
     return text
@@ -458,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     bar_chart({v: summary[v]["loop_closure_psnr_db"] for v in VARIANTS}, "Loop-closure consistency (higher is better)",
               "dB", args.output / "loop_closure.png", target=28.0)
-    example_strip(examples, args.output / "examples.png")
+    example_strip(examples["drives"], args.output / "examples.png")
+    example_strip(examples["replay"], args.output / "replay.png", truth="seen", variants=REPLAY_VARIANTS)
     print(write_report(summary, args.output, args, time.perf_counter() - started))
     return 0
 
