@@ -42,7 +42,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,11 +257,33 @@ def long_rollouts(base: WorldModel, world, world_seed: int, renderer, camera: Pi
                                                                   [truth[t][0] for t in later])))
 
 
-def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
-           precision: str) -> tuple[dict[str, dict[str, list[float]]], dict]:
-    """Map the world from a ground-truth run (``reset`` + ``observe`` of every frame), then drive another
-    route and score the pixels the mapping run saw, for each memory of ``REPLAY_VARIANTS``. Returns the
-    scores and the frames (for ``example_strip``: the truth with unseen pixels faded to grey, and each memory's)."""
+@dataclass
+class ReplayScenario:
+    """The replay of one world: a ground-truth mapping run (``mapped``: true RGB-D frames at
+    ``mapping_poses``) and another route (``truth`` at ``route_poses``); for each route frame the pixels
+    the mapping run saw (``seen``) and the truth's floor pixels (``floor``)."""
+
+    K: np.ndarray
+    mapping_poses: np.ndarray
+    mapped: list[tuple[np.ndarray, np.ndarray]]
+    route_poses: np.ndarray
+    truth: list[tuple[np.ndarray, np.ndarray]]
+    seen: list[np.ndarray]
+    floor: list[np.ndarray]
+
+    def mapped_model(self, base: WorldModel, variant: str, device: str, seed: int, precision: str) -> WorldModel:
+        """A fresh ``variant`` model (``variant_model``) whose memory holds the mapping run (``reset`` with
+        its first frame, ``observe`` of every other): ready to drive the route."""
+        model = variant_model(base, variant, device, seed, precision)
+        model.reset(*self.mapped[0], self.K, self.mapping_poses[0])
+        for (rgb, depth), pose in zip(self.mapped[1:], self.mapping_poses[1:]):
+            model.observe(rgb, depth, self.K, pose)
+        return model
+
+
+def replay_scenario(world, world_seed: int, renderer, camera: PinholeCamera) -> ReplayScenario:
+    """The evaluation's replay in ``world``: ``MAPPING_FRAMES`` of free-space driving, then another route of
+    ``REPLAY_FRAMES``, both rendered with ``renderer``."""
     mapping = generate_trajectory(world, "explore", MAPPING_FRAMES, world_seed)
     route = generate_trajectory(world, "explore", REPLAY_FRAMES, world_seed + 1_000_003)
     mapped = [renderer.render(pose, camera.K) for pose in mapping.cam_to_world]
@@ -269,15 +291,23 @@ def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCa
     seen = seen_pixels([d for _, d in truth], route.cam_to_world, [d for _, d in mapped], mapping.cam_to_world,
                        camera.K)
     floor = [heights_above_floor(d, pose, camera.K) < FLOOR_MARGIN for (_, d), pose in zip(truth, route.cam_to_world)]
+    return ReplayScenario(camera.K, mapping.cam_to_world, mapped, route.cam_to_world, truth, seen, floor)
+
+
+def replay(base: WorldModel, world, world_seed: int, renderer, camera: PinholeCamera, device: str, seed: int,
+           precision: str) -> tuple[dict[str, dict[str, list[float]]], dict]:
+    """Map the world from a ground-truth run (``reset`` + ``observe`` of every frame), then drive another
+    route and score the pixels the mapping run saw, for each memory of ``REPLAY_VARIANTS``. Returns the
+    scores and the frames (for ``example_strip``: the truth with unseen pixels faded to grey, and each memory's)."""
+    scenario = replay_scenario(world, world_seed, renderer, camera)
+    truth, seen = scenario.truth, scenario.seen
     faded = [np.where(m[..., None], rgb, rgb // 2 + 64).astype(np.uint8) for (rgb, _), m in zip(truth, seen)]
     scores, example = {}, {"seen": {"rgb": faded, "depth": [d for _, d in truth]}}
     for variant in REPLAY_VARIANTS:
-        model = variant_model(base, variant, device, seed, precision)
-        model.reset(*mapped[0], camera.K, mapping.cam_to_world[0])
-        for (rgb, depth), pose in zip(mapped[1:], mapping.cam_to_world[1:]):
-            model.observe(rgb, depth, camera.K, pose)
-        generated = [model.step(pose) for pose in route.cam_to_world]
-        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen, floor)
+        model = scenario.mapped_model(base, variant, device, seed, precision)
+        generated = [model.step(pose) for pose in scenario.route_poses]
+        scores[variant] = seen_scores([g.rgb for g in generated], [g.depth for g in generated], truth, seen,
+                                      scenario.floor)
         example[variant] = {"rgb": [g.rgb for g in generated], "depth": [g.depth for g in generated]}
     return scores, example
 
