@@ -177,13 +177,13 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
                   ("read", "denoise", "decode", "write")}
         phases["total"] = float(np.median([t.total for t in timings])) * 1000
         summary[variant] = {
-            "loop_closure_psnr_db": float(np.mean(record["loop_psnr"])) if record["loop_psnr"] else None,
+            "loop_closure_psnr_db": mean_or_none(record["loop_psnr"]),
             "observed_frames": len(record["observed_psnr"]),
-            "observed_psnr_db": float(np.mean(record["observed_psnr"])) if record["observed_psnr"] else None,
-            "observed_ssim": float(np.mean(record["observed_ssim"])) if record["observed_ssim"] else None,
-            "observed_depth_absrel": float(np.mean(record["observed_absrel"])) if record["observed_absrel"] else None,
+            "observed_psnr_db": mean_or_none(record["observed_psnr"]),
+            "observed_ssim": mean_or_none(record["observed_ssim"]),
+            "observed_depth_absrel": mean_or_none(record["observed_absrel"]),
             "covered_frames": len(record["covered_psnr"]),
-            "covered_frame_psnr_db": float(np.mean(record["covered_psnr"])) if record["covered_psnr"] else None,
+            "covered_frame_psnr_db": mean_or_none(record["covered_psnr"]),
             "step_ms_median": phases,
             **geometry_summary(record),
         }
@@ -219,6 +219,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
 
 
 def mean_or_none(values: list[float]) -> float | None:
+    """The mean, or ``None`` (JSON ``null``, "n/a" in the report) when nothing was measured."""
     return float(np.mean(values)) if values else None
 
 
@@ -363,7 +364,7 @@ def geometry(record: dict, rgb: list[np.ndarray], depth: list[np.ndarray], truth
 def geometry_summary(record: dict) -> dict:
     return {"seam_ratio_depth": seam_ratio(record.pop("depth")), "seam_ratio_rgb": seam_ratio(record.pop("rgb")),
             "below_floor_share": float(np.mean(record.pop("below_floor"))),
-            "imagined_floor_absrel": float(np.mean(record["floor_absrel"])) if record["floor_absrel"] else None,
+            "imagined_floor_absrel": mean_or_none(record["floor_absrel"]),
             "imagined_floor_frames": len(record.pop("floor_absrel"))}
 
 
