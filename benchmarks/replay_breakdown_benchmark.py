@@ -40,9 +40,9 @@ def cell_classes(alignment: torch.Tensor, coverage: torch.Tensor, patch_size: in
     classes = torch.full(coverage.shape, CLASSES.index("uncovered"))
     classes[coverage & (scale < -SCALE_CLASS)] = CLASSES.index("minified")
     classes[coverage & (scale > SCALE_CLASS)] = CLASSES.index("magnified")
-    classes[at_scale & (offset <= 0.25)] = 1
-    classes[at_scale & (offset > 0.25) & (offset <= 0.5)] = 2
-    classes[at_scale & (offset > 0.5)] = 3
+    classes[at_scale & (offset <= 0.25)] = CLASSES.index("at scale, within 1/4 cell")
+    classes[at_scale & (offset > 0.25) & (offset <= 0.5)] = CLASSES.index("at scale, 1/4-1/2 cell off")
+    classes[at_scale & (offset > 0.5)] = CLASSES.index("at scale, over 1/2 cell off")
     return classes.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1).numpy()
 
 

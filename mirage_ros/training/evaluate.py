@@ -139,8 +139,7 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
             reconstruction["ssim"].append(ssim(rgb_out, rgb))
             reconstruction["absrel"].append(depth_abs_rel(depth_out, depth))
         half = frames // 2
-        floor = [heights_above_floor(d, pose, camera.K) < FLOOR_MARGIN
-                 for d, pose in zip(truth_depth, trajectory.cam_to_world)]
+        floor = [floor_pixels(d, pose, camera.K) for d, pose in zip(truth_depth, trajectory.cam_to_world)]
         geometry(results["truth"], truth_rgb, truth_depth, truth_depth, trajectory.cam_to_world, camera.K, observed,
                  floor)
         for variant in VARIANTS:
@@ -218,6 +217,11 @@ def evaluate(checkpoint: str | None, worlds: int, frames: int, seed: int, device
     return summary, {"drives": examples, "replay": replay_example}
 
 
+def floor_pixels(depth: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The pixels of a true depth image that lie on the floor (within ``FLOOR_MARGIN`` of its plane)."""
+    return heights_above_floor(depth, cam_to_world, K) < FLOOR_MARGIN
+
+
 def mean_or_none(values: list[float]) -> float | None:
     """The mean, or ``None`` (JSON ``null``, "n/a" in the report) when nothing was measured."""
     return float(np.mean(values)) if values else None
@@ -291,7 +295,7 @@ def replay_scenario(world, world_seed: int, renderer, camera: PinholeCamera) -> 
     truth = [renderer.render(pose, camera.K) for pose in route.cam_to_world]
     seen = seen_pixels([d for _, d in truth], route.cam_to_world, [d for _, d in mapped], mapping.cam_to_world,
                        camera.K)
-    floor = [heights_above_floor(d, pose, camera.K) < FLOOR_MARGIN for (_, d), pose in zip(truth, route.cam_to_world)]
+    floor = [floor_pixels(d, pose, camera.K) for (_, d), pose in zip(truth, route.cam_to_world)]
     return ReplayScenario(camera.K, mapping.cam_to_world, mapped, route.cam_to_world, truth, seen, floor)
 
 
