@@ -399,20 +399,20 @@ def test_remembered_surface_depth_has_no_steps_at_cell_borders_and_keeps_edges()
 
 
 def test_depth_is_clamped_to_the_floor_and_near_floor_points_lie_on_it():
-    from mirage_ros.memory.projection import clamp_to_floor, pixel_rays
+    from mirage_ros.memory.projection import clamp_to_floor, floor_geometry, pixel_rays
     from mirage_ros.training.metrics import heights_above_floor
 
     pose = look_at((0.0, 0.0, 0.5), (3.0, 0.0, 0.0))  # camera 0.5 m up, looking down at the floor
     truth = box_depth([ROOM], pose, CAMERA.K, 128, 128)
     rays = pixel_rays(torch.as_tensor(CAMERA.K), 128, 128)
     too_far = torch.from_numpy(truth * 1.5).float()  # every floor point pushed below the floor
-    clamped = clamp_to_floor(too_far, rays, pose, floor_height=0.0).numpy()
+    clamped = clamp_to_floor(too_far, floor_geometry(rays, pose, floor_height=0.0)).numpy()
     heights = heights_above_floor(clamped, pose, CAMERA.K)
     assert heights.min() > -1e-4
     floor = heights_above_floor(truth, pose, CAMERA.K) < 0.01
     np.testing.assert_allclose(clamped[floor], truth[floor], rtol=1e-4)   # back on the floor exactly
     slightly_short = torch.from_numpy(truth * 0.99).float()                 # floor points 0.5 cm above it
-    snapped = clamp_to_floor(slightly_short, rays, pose, floor_height=0.0).numpy()
+    snapped = clamp_to_floor(slightly_short, floor_geometry(rays, pose, floor_height=0.0)).numpy()
     np.testing.assert_allclose(snapped[floor], truth[floor], rtol=1e-4)
     walls = heights_above_floor(truth, pose, CAMERA.K) > 0.2
     np.testing.assert_array_equal(snapped[walls], slightly_short.numpy()[walls])  # the rest untouched

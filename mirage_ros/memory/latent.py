@@ -34,12 +34,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.camera import scale_intrinsics
+from mirage_ros.memory.ground import GroundTexture
 from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, RememberedSurfaces, depth_tensor,
                                           hidden_far_behind, in_view_frustum, intrinsics_tensor, pose_tensor, project,
                                           to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: Files of format 3 had no ground texture; they load with an empty one.
+_FORMAT_WITHOUT_GROUND = "3"
 #: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
 _FORMAT_WITHOUT_PROVENANCE = "2"
 _BITS = 21
@@ -90,7 +93,8 @@ class LatentMemoryConfig:
     this many times larger than when it was written is not drawn (``read``); see
     ``MAX_IMAGINED_MAGNIFICATION``. ``scale_handicap``, ``imagined_handicap``: latent pixels added to a
     token's distance from the pixel centre, per octave of scale mismatch and for being imagined, when
-    tokens of one surface compete for a pixel; see ``SCALE_HANDICAP``.
+    tokens of one surface compete for a pixel; see ``SCALE_HANDICAP``. ``ground_texture``: also keep the
+    floor's colours top-down (``ground.GroundTexture``), for a world model that knows its floor plane.
     """
 
     patch_size: int = 8
@@ -104,6 +108,7 @@ class LatentMemoryConfig:
     max_imagined_magnification: float = MAX_IMAGINED_MAGNIFICATION
     scale_handicap: float = SCALE_HANDICAP
     imagined_handicap: float = IMAGINED_HANDICAP
+    ground_texture: bool = True
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.capacity < 1 or self.max_splat_radius < 0:
@@ -188,11 +193,15 @@ class LatentSpatialMemory:
         self.config = config or LatentMemoryConfig()
         self.device = torch.device(device)
         self._rays = RayCache(self.device)
+        #: The floor's colours top-down (written and painted by a world model that knows its floor plane).
+        self.ground = GroundTexture(device=self.device) if self.config.ground_texture else None
         self.clear()
 
     # ------------------------------------------------------------------ state
     def clear(self) -> None:
         """Forget everything (the channel count is set again by the next write)."""
+        if self.ground is not None:
+            self.ground.clear()
         self.channels: int | None = None
         self._set_state(self._empty_state(0))
         self.observations = 0
@@ -218,6 +227,7 @@ class LatentSpatialMemory:
 
     def stats(self) -> MemoryStats:
         held = sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in FIELDS)
+        held += self.ground.nbytes if self.ground is not None else 0
         return MemoryStats(int(self.keys.numel()), held, self.observations, self.last_read_coverage)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -565,6 +575,10 @@ class LatentSpatialMemory:
                     "config": json.dumps(asdict(self.config)), "channels": str(self.channels or 0),
                     "observations": str(self.observations), "write_count": str(self.write_count)}
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in FIELDS}
+        if self.ground is not None:
+            ground_tensors, ground_metadata = self.ground.state()
+            tensors.update(ground_tensors)
+            metadata.update(ground_metadata)
         if not str(path).strip():
             raise ValueError("no file path given")
         path = Path(path)
@@ -598,7 +612,7 @@ class LatentSpatialMemory:
             raise ValueError(f"{path}: not a LatentSpatialMemory file")
         if metadata.get("format_version") == _FORMAT_WITHOUT_PROVENANCE and "keys" in tensors:
             tensors["observed"] = torch.zeros(tensors["keys"].shape[:1], dtype=torch.float16)
-        elif metadata.get("format_version") != str(FORMAT_VERSION):
+        elif metadata.get("format_version") not in (str(FORMAT_VERSION), _FORMAT_WITHOUT_GROUND):
             raise ValueError(f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}")
         try:
             saved = json.loads(metadata["config"])
@@ -612,6 +626,15 @@ class LatentSpatialMemory:
             if saved.get(name) != getattr(self.config, name):
                 raise ValueError(f"{path}: saved with {name}={saved.get(name)}, this memory uses "
                                  f"{getattr(self.config, name)}")
+        ground = None
+        if self.ground is not None:
+            ground = GroundTexture(self.ground.config, self.device)
+            if "ground.keys" in tensors:  # files before the ground texture (format 3) load with an empty one
+                try:
+                    ground.load_state(tensors, metadata)
+                except ValueError as error:
+                    raise ValueError(f"{path}: {error}") from error
+        tensors = {name: value for name, value in tensors.items() if not name.startswith("ground.")}
         try:
             state, tensor_channels = self._validated_state(tensors)
         except ValueError as error:
@@ -624,6 +647,7 @@ class LatentSpatialMemory:
         if min(observations, write_count) < 0:
             raise ValueError(f"{path}: negative observation or write counts")
         self._set_state(state)
+        self.ground = ground
         self.channels = tensor_channels if state["keys"].numel() else None
         self.observations, self.write_count = observations, write_count
         self.last_read_coverage = 0.0

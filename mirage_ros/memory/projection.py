@@ -179,21 +179,48 @@ class RayCache:
         return self._last[dtype][1]
 
 
-def clamp_to_floor(depth: torch.Tensor, rays: torch.Tensor, cam_to_world: np.ndarray, floor_height: float,
-                   snap: float = FLOOR_SNAP) -> torch.Tensor:
-    """``depth [H,W]`` with no point below the floor plane ``z = floor_height`` (memory frame, z up):
-    a ray that reaches the floor ends there at the latest, and points less than ``snap`` metres above
-    it are put on it (the floor is where the floor is). The simulator knows the camera's height and
-    pitch, so this needs nothing from the model."""
-    pose = torch.as_tensor(cam_to_world, dtype=torch.float32, device=depth.device)
-    down = rays.float() @ pose[2, :3]                           # world z per unit of optical depth
-    height = float(cam_to_world[2, 3]) - floor_height           # camera above the floor
-    if height <= 0:
-        return depth  # a camera at or below the floor sees no floor to clamp to
-    downward = down < -1e-6
-    to_floor = height / (-down).clamp_min(1e-6)
-    on_floor = downward & (height + depth.float() * down < snap)  # points less than snap above the floor
-    return torch.where(on_floor, to_floor.to(depth.dtype), depth)
+@dataclass
+class FloorRays:
+    """Where each pixel's ray meets the floor plane (``floor_geometry``): ``down [H,W]`` (world z per unit of
+    optical depth, < 0 looking down), ``plane_depth [H,W]`` (optical depth of the floor along the ray, inf where
+    the ray never meets it), ``xy [H,W,2]`` (the meeting point), ``footprint [H,W]`` (metres of floor one pixel
+    covers there: the side of its patch) and ``height`` (the camera's, metres above the floor)."""
+
+    down: torch.Tensor
+    plane_depth: torch.Tensor
+    xy: torch.Tensor
+    footprint: torch.Tensor
+    height: float
+
+
+def floor_geometry(rays: torch.Tensor, cam_to_world: np.ndarray, floor_height: float) -> FloorRays:
+    """``FloorRays`` of a camera at ``cam_to_world`` over the floor plane ``z = floor_height`` (memory frame, z up);
+    ``rays [H,W,3]``: camera-frame rays with z = 1 (``pixel_rays``) at the camera's intrinsics."""
+    pose = torch.as_tensor(cam_to_world, dtype=torch.float32, device=rays.device)
+    world_rays = rays.float() @ pose[:3, :3].T
+    down = world_rays[..., 2]
+    height = float(cam_to_world[2, 3]) - floor_height
+    meets = (down < -1e-6) & (height > 0)
+    plane_depth = torch.where(meets, height / (-down).clamp_min(1e-6), torch.full_like(down, math.inf))
+    xy = pose[:2, 3] + torch.where(meets, plane_depth, torch.zeros_like(down))[..., None] * world_rays[..., :2]
+    # A pixel's patch of floor: its solid angle (spacing² cos³ of the off-axis angle, on the z = 1 image
+    # plane) times distance² over the cosine of incidence; with distance = depth · |ray| and cos = 1/|ray| off
+    # axis that is (spacing · depth)² / (|ray| · incidence cosine). Its side is the footprint.
+    spacing = (rays[0, 1, 0] - rays[0, 0, 0]).abs().float()
+    length = world_rays.norm(dim=-1)
+    incidence = (-down / length).clamp_min(1e-3)
+    footprint = torch.where(meets, plane_depth * spacing / (length * incidence).sqrt(),
+                            torch.full_like(down, math.inf))
+    return FloorRays(down, plane_depth, xy, footprint, height)
+
+
+def clamp_to_floor(depth: torch.Tensor, floor: FloorRays, snap: float = FLOOR_SNAP) -> torch.Tensor:
+    """``depth [H,W]`` with no point below the floor plane (``floor``: ``floor_geometry`` of its camera): a ray
+    that reaches the floor ends there at the latest, and points less than ``snap`` metres above it are put on it
+    (the floor is where the floor is). The simulator knows the camera's height and pitch, so this needs nothing
+    from the model."""
+    on_floor = torch.isfinite(floor.plane_depth) & (floor.height + depth.float() * floor.down < snap)
+    return torch.where(on_floor, floor.plane_depth.to(depth.dtype), depth)
 
 
 def to_pixel_grid(grid: torch.Tensor, factor: int) -> torch.Tensor:

@@ -63,11 +63,14 @@ from mirage_ros.worlds.generator import FLOOR_HEIGHT
 COVERED_FRAME = 0.9
 #: A frame enters the observed-content metrics when at least this share of it was seen at the start.
 OBSERVED_SHARE = 0.3
-VARIANTS = ("latent", "latent_unrefined", "latent_no_reuse", "latent_redraw", "latent_no_floor", "explicit", "none")
+VARIANTS = ("latent", "latent_unrefined", "latent_no_reuse", "latent_redraw", "latent_no_ground", "latent_no_floor",
+            "explicit", "none")
 #: Sampling changes that define the latent-memory variants (see ``SamplingConfig``).
 VARIANT_SAMPLING = {"latent_no_reuse": {"reuse_coverage": None}, "latent_redraw": {"keep_remembered": False}}
 #: Variants that do not know where the floor is (``WorldModel.floor_height``; the worlds' is ``FLOOR_HEIGHT``).
 NO_FLOOR = ("latent_no_floor",)
+#: Variants whose latent memory keeps no ground texture (floor colours only as tokens, as before release v13).
+NO_GROUND = ("latent_no_ground",)
 #: Variants that decode remembered tokens as read, without the checkpoint's read refiner.
 UNREFINED = ("latent_unrefined",)
 #: A point counts as below the floor when it is more than this (m) under it; truth floor pixels are
@@ -79,7 +82,7 @@ MAPPING_FRAMES, REPLAY_FRAMES = 80, 30
 REPLAY_SEEN_SHARE = 0.3
 #: ...and scored on its seen floor (or seen rest) alone when that part is at least this share of the view.
 REPLAY_PART_SHARE = 0.05
-REPLAY_VARIANTS = ("latent", "latent_unrefined", "latent_redraw", "explicit")
+REPLAY_VARIANTS = ("latent", "latent_no_ground", "latent_unrefined", "latent_redraw", "explicit")
 #: Long rollouts: steps, and the trajectory kinds driven (free space with look-arounds; turning in place).
 LONG_FRAMES = 150
 LONG_KINDS = ("explore", "rotate")
@@ -90,7 +93,8 @@ def variant_model(base: WorldModel, variant: str, device: str, seed: int, precis
     return WorldModel(base.autoencoder, base.denoiser, base.image_size,
                       memory="latent" if variant.startswith("latent") else variant,
                       sampling=replace(base.sampling, **VARIANT_SAMPLING.get(variant, {})),
-                      memory_config=base.memory_config, device=device, seed=seed, precision=precision,
+                      memory_config=replace(base.memory_config, ground_texture=variant not in NO_GROUND),
+                      device=device, seed=seed, precision=precision,
                       floor_height=None if variant in NO_FLOOR else FLOOR_HEIGHT,
                       refiner=None if variant in UNREFINED else base.refiner)
 
@@ -493,7 +497,8 @@ def write_report(summary: dict, output: Path, args: argparse.Namespace, elapsed:
     lines += ["", "Seam ratio: mean gradient (log-depth, or luma) across the borders of the 8x8-pixel latent "
               "cells over the mean gradient elsewhere (1: no grid imprint). Imagined floor: pixels the ground "
               "truth says are floor and the start observation did not see. `latent_no_floor` does not clamp "
-              "depth to the known floor plane."]
+              "depth to the known floor plane (and so keeps no ground texture); `latent_no_ground` clamps it but keeps "
+              "the floor's colours only as latent tokens (no ground texture)."]
     ae = summary["autoencoder"]
     lines += ["", f"The autoencoder alone (encode + decode of every ground-truth frame): PSNR "
               f"{ae['reconstruction_psnr_db']:.2f} dB, SSIM {ae['reconstruction_ssim']:.3f}, depth AbsRel "

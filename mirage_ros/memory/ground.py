@@ -1,0 +1,295 @@
+"""``GroundTexture``: the floor's colours as shown, kept top-down on the floor plane.
+
+Why: most of what a robot sees of a place it has passed is floor, and a latent token of floor seen from
+afar holds a long strip of it squashed along the view (a floor point at distance x images at f·h/x, so
+coming closer stretches the strip by the distance ratio across the view and by its square along it). One
+token cannot be redrawn for that stretch: on the replay scenario the latent memory's floor trails the
+explicit point cloud's by 2.4 dB (model card). The floor is a plane the simulator knows (``floor_height``),
+so its colours need no 3D points and no tokens: a 2D map of the floor, written from every frame's floor
+pixels, painted back exactly where a new view's depth lies on the floor. Walls, shelves and boxes stay in
+the latent memory, where they come back as well as explicit points do.
+
+Cells are kept at several sizes (``cell_size`` times 1, 2, 4, ...: a mip pyramid, sparse): a pixel writes
+each level whose cells are at least about its footprint on the floor, and a view reads, per pixel, the
+finest level at least its own footprint that holds the place, else the next coarser one (floor seen
+only from afar comes back at the resolution it was seen at, not as holes). Observations replace what the
+model imagined and fuse with earlier observations (running mean, weight capped at ``max_weight`` so
+lighting that changes still shows); imagined colours only fill cells nothing has shown yet, so a
+revisited imagined floor looks the same every time. Bounded: past ``capacity`` cells, the least
+recently written are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirage_ros.memory.projection import FloorRays
+
+#: Bits per cell coordinate in a key (+-2^27 cells: +-2 700 km at 2 cm); the level sits above them.
+_BITS = 28
+_OFFSET = 1 << (_BITS - 1)
+#: Metres above the floor plane within which an observed pixel counts as floor (true depth: objects
+#: standing on the floor start above it). Generated frames' floor is where the step put it on the plane.
+OBSERVED_FLOOR_MARGIN = 0.02
+#: Share of a coarser cell's area that frames must have shown for it to stand in for a finer cell nobody
+#: wrote: without it, the coarse cells that straddle the border of the shown floor would paint the unseen floor
+#: beside it.
+MIN_SHOWN_AREA = 0.9
+#: Pixels (standard deviation) over which newly drawn floor takes on the painted floor's colours beside it
+#: (``seam_correction``), and the share of known pixels in that neighbourhood from which it does so fully.
+SEAM_SIGMA, SEAM_SUPPORT = 6.0, 0.25
+FIELDS = ("keys", "colors", "weights", "areas", "observed", "last_written")
+
+
+@dataclass(frozen=True)
+class GroundTextureConfig:
+    """``cell_size``: metres of the finest cells; ``levels``: pyramid levels, each twice the previous
+    cell size; ``capacity``: cells kept at most over all levels; ``max_weight``: cap of a cell's fused
+    observation weight (a new observation always has at least ``1 / (max_weight + 1)`` influence)."""
+
+    cell_size: float = 0.04
+    levels: int = 4
+    capacity: int = 1_000_000
+    max_weight: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.cell_size < 10 and 1 <= self.levels <= 16 and self.capacity >= 1
+                and 1 <= self.max_weight <= 254):
+            raise ValueError(f"invalid ground texture config {self}")
+
+
+@dataclass
+class GroundPixels:
+    """Pixels of a frame on the floor plane: ``pixels [H,W]`` bool, their floor points ``xy [H,W,2]`` and
+    ``footprint [H,W]`` (``projection.FloorRays``)."""
+
+    pixels: torch.Tensor
+    xy: torch.Tensor
+    footprint: torch.Tensor
+
+
+def on_plane(depth: torch.Tensor, plane_depth: torch.Tensor) -> torch.Tensor:
+    """The pixels whose depth ``[H,W]`` lies on the floor plane (``plane_depth``, ``floor_geometry``): where a
+    step put them (``projection.clamp_to_floor``), to rounding."""
+    return torch.isfinite(plane_depth) & ((depth - plane_depth).abs() <= 1e-3 * plane_depth)
+
+
+def seam_correction(difference: torch.Tensor, known: torch.Tensor, sigma: float = SEAM_SIGMA) -> torch.Tensor:
+    """``[3,H,W]``: the ``difference`` between the texture and the decoded frame on the ``known`` pixels, carried
+    smoothly (normalised Gaussian blur, computed on a 4x coarser grid: it only carries a shade) to the pixels
+    around them and fading where no known pixel is near. Added to floor the frame draws anew beside the
+    painted floor, it continues the painted floor's colours there instead of meeting them at an edge (the
+    decoder's floor is often a shade off the texture's); the new floor's own pattern stays."""
+    height, width = known.shape
+    stack = torch.cat([difference.float() * known, known[None].float()])[None]              # [1,4,H,W]
+    stack = F.avg_pool2d(stack, 4, ceil_mode=True)
+    coarse = sigma / 4
+    radius = max(1, int(3 * coarse))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=difference.device)
+    kernel = torch.exp(-0.5 * (taps / coarse) ** 2)
+    kernel = (kernel / kernel.sum()).repeat(4, 1)
+    stack = F.conv2d(F.pad(stack, (radius, radius, 0, 0), mode="replicate"), kernel.view(4, 1, 1, -1), groups=4)
+    stack = F.conv2d(F.pad(stack, (0, 0, radius, radius), mode="replicate"), kernel.view(4, 1, -1, 1), groups=4)
+    stack = F.interpolate(stack, size=(height, width), mode="bilinear", align_corners=False)[0]
+    blurred, weight = stack[:3], stack[3]
+    fade = (weight / SEAM_SUPPORT).clamp(0, 1)
+    return blurred / weight.clamp_min(1e-6) * fade
+
+
+class GroundTexture:
+    """A sparse mip pyramid of floor colours on the floor plane; see the module docstring."""
+
+    def __init__(self, config: GroundTextureConfig | None = None, device: str | torch.device = "cpu") -> None:
+        self.config = config or GroundTextureConfig()
+        self.device = torch.device(device)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every cell."""
+        self.keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.colors = torch.zeros((0, 3), dtype=torch.uint8, device=self.device)
+        self.weights = torch.zeros(0, dtype=torch.uint8, device=self.device)
+        self.areas = torch.zeros(0, dtype=torch.uint8, device=self.device)
+        self.observed = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self.last_written = torch.zeros(0, dtype=torch.int32, device=self.device)
+        self.write_count = 0
+
+    def __len__(self) -> int:
+        return int(self.keys.numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cells hold."""
+        return sum(getattr(self, name).element_size() * getattr(self, name).numel() for name in FIELDS)
+
+    # ------------------------------------------------------------------ keys
+    def _keys(self, xy: torch.Tensor, level: int) -> torch.Tensor:
+        cells = torch.floor(xy / (self.config.cell_size * 2 ** level)).long() + _OFFSET
+        cells = cells.clamp(0, (1 << _BITS) - 1)  # beyond +-2 700 km everything shares the border cells
+        return (level << (2 * _BITS)) | (cells[..., 0] << _BITS) | cells[..., 1]
+
+    def _finest_level(self, footprint: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the finest level whose cells are at least about the pixel's footprint (half of it:
+        a cell then gathers a pixel or more, so a written level has no holes at the resolution it was seen)."""
+        ratio = (footprint / self.config.cell_size).clamp_min(1e-6)
+        return torch.ceil(torch.log2(ratio) - 1).clamp(0, self.config.levels - 1).long()
+
+    # ------------------------------------------------------------------ write
+    @torch.inference_mode()
+    def write(self, rgb: torch.Tensor, floor: GroundPixels, observed: bool) -> int:
+        """Remember the colours ``rgb [3,H,W]`` (in [0,1]) of the ``floor`` pixels. Returns the cells written
+        or updated."""
+        pixels = floor.pixels & torch.isfinite(floor.footprint)
+        if not bool(pixels.any()):
+            return 0
+        colors = rgb.permute(1, 2, 0)[pixels].float()
+        points, footprint = floor.xy[pixels], floor.footprint[pixels]
+        finest = self._finest_level(footprint)
+        keys, values, areas = [], [], []
+        for level in range(self.config.levels):
+            chosen = finest <= level
+            if bool(chosen.any()):
+                keys.append(self._keys(points[chosen], level))
+                values.append(colors[chosen])
+                areas.append((footprint[chosen] / (self.config.cell_size * 2 ** level)) ** 2)
+        keys = torch.cat(keys)
+        unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        sums = torch.zeros((unique.numel(), 4), device=self.device).index_add_(
+            0, inverse, torch.cat([torch.cat(values), torch.ones_like(keys, dtype=torch.float32)[:, None]], dim=1))
+        shown = torch.zeros(unique.numel(), device=self.device).index_add_(0, inverse, torch.cat(areas)).clamp_max(1)
+        self._merge(unique, sums[:, :3] / sums[:, 3:], shown, observed)
+        return int(unique.numel())
+
+    def observe(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> int:
+        """Write an observation's floor: its pixels within ``OBSERVED_FLOOR_MARGIN`` of the plane by their true
+        ``depth [H,W]`` (``floor``: ``projection.floor_geometry`` of its camera). Returns the cells written."""
+        heights = floor.height + depth.float() * floor.down
+        pixels = (torch.isfinite(depth) & (depth > 0) & (heights.abs() < OBSERVED_FLOOR_MARGIN)
+                  & torch.isfinite(floor.plane_depth))
+        return self.write(rgb, GroundPixels(pixels, floor.xy, floor.footprint), observed=True)
+
+    @torch.inference_mode()
+    def paint(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> tuple[torch.Tensor, GroundPixels]:
+        """A generated frame ``rgb [3,H,W]`` with its pixels on the floor plane (by ``depth``, as a step put them
+        there: ``projection.clamp_to_floor``; ``floor``: ``projection.floor_geometry`` of its camera) showing the
+        texture wherever it holds their place: the floor's colours as shown before, exactly where they lie.
+        Also returns what the frame adds, its floor pixels the texture did not hold (to ``write`` once the
+        frame is kept)."""
+        on_floor = on_plane(depth, floor.plane_depth)
+        colors, known = self.render(floor.xy, floor.footprint, on_floor)
+        new = on_floor & ~known
+        if bool(known.any()) and bool(new.any()):
+            rgb = torch.where(new, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
+        return torch.where(known, colors.to(rgb.dtype), rgb), GroundPixels(new, floor.xy, floor.footprint)
+
+    def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor, observed: bool) -> None:
+        """Fold a write's cells (sorted unique ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
+        self.write_count += 1
+        colors, areas = (colors * 255).round(), (areas * 255).round()
+        index = torch.searchsorted(self.keys, keys).clamp_max(max(len(self) - 1, 0))
+        known = (self.keys[index] == keys) if len(self) else torch.zeros_like(keys, dtype=torch.bool)
+        if observed:
+            # Over an imagined cell an observation starts afresh; over an observed one it fuses.
+            old = index[known]
+            prior = torch.where(self.observed[old], self.weights[old].float().clamp_max(self.config.max_weight),
+                                torch.zeros(old.shape, device=self.device))
+            fused = (self.colors[old].float() * prior[:, None] + colors[known]) / (prior + 1)[:, None]
+            self.colors[old] = fused.round().to(torch.uint8)
+            self.weights[old] = (prior + 1).to(torch.uint8)
+            self.areas[old] = torch.maximum(self.areas[old], areas[known].to(torch.uint8))
+            self.observed[old] = True
+            self.last_written[old] = self.write_count
+        new = ~known
+        if not bool(new.any()):
+            return
+        count = int(new.sum())
+        added = {"keys": keys[new], "colors": colors[new].to(torch.uint8),
+                 "weights": torch.ones(count, dtype=torch.uint8, device=self.device),
+                 "areas": areas[new].to(torch.uint8), "observed": torch.full((count,), observed, device=self.device),
+                 "last_written": torch.full((count,), self.write_count, dtype=torch.int32, device=self.device)}
+        # Both key lists are sorted and disjoint: each entry's place in the merged list is its index plus the
+        # number of the other list's keys before it (no sort of the whole texture per write).
+        total = len(self) + count
+        old_places = torch.arange(len(self), device=self.device) + torch.searchsorted(added["keys"], self.keys)
+        new_places = torch.arange(count, device=self.device) + torch.searchsorted(self.keys, added["keys"])
+        for name in FIELDS:
+            current = getattr(self, name)
+            merged = torch.empty((total, *current.shape[1:]), dtype=current.dtype, device=self.device)
+            merged[old_places] = current
+            merged[new_places] = added[name]
+            setattr(self, name, merged)
+        if len(self) > self.config.capacity:  # drop the least recently written (a tenth more: not every write)
+            recent = torch.argsort(self.last_written, descending=True, stable=True)[:int(0.9 * self.config.capacity)]
+            keep = torch.sort(recent).values  # sorted indices keep the keys sorted
+            for name in FIELDS:
+                setattr(self, name, getattr(self, name)[keep])
+
+    # ------------------------------------------------------------------ read
+    @torch.inference_mode()
+    def render(self, xy: torch.Tensor, footprint: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colours ``[3,H,W]`` (zeros where unknown) and ``known [H,W]`` of the floor points ``xy [H,W,2]``
+        at the pixels ``where [H,W]``: per pixel, the finest level at least its ``footprint`` that holds
+        the place, else the next coarser one whose cell was mostly shown (``MIN_SHOWN_AREA``)."""
+        height, width = where.shape
+        colors = torch.zeros((height * width, 3), device=self.device)
+        known = torch.zeros(height * width, dtype=torch.bool, device=self.device)
+        wanted = (where & torch.isfinite(footprint)).reshape(-1)
+        if len(self) and bool(wanted.any()):
+            points = xy.reshape(-1, 2)[wanted]
+            finest = self._finest_level(footprint.reshape(-1)[wanted])
+            found = torch.zeros(points.shape[0], dtype=torch.bool, device=self.device)
+            picked = torch.zeros((points.shape[0], 3), device=self.device)
+            for level in range(self.config.levels):
+                ask = ~found & (finest <= level)
+                if not bool(ask.any()):
+                    continue
+                keys = self._keys(points[ask], level)
+                index = torch.searchsorted(self.keys, keys).clamp_max(len(self) - 1)
+                hit = self.keys[index] == keys
+                hit &= (finest[ask] == level) | (self.areas[index] >= MIN_SHOWN_AREA * 255)
+                rows = ask.nonzero().squeeze(1)[hit]
+                picked[rows] = self.colors[index[hit]].float() / 255
+                found[rows] = True
+            colors[wanted] = picked
+            known[wanted] = found
+        return colors.reshape(height, width, 3).permute(2, 0, 1), known.reshape(height, width)
+
+    # ------------------------------------------------------------------ files
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and metadata to save (``load_state`` takes them back)."""
+        tensors = {f"ground.{name}": getattr(self, name).detach().cpu().contiguous() for name in FIELDS}
+        return tensors, {"ground_config": json.dumps(asdict(self.config)), "ground_write_count": str(self.write_count)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Replace the cells with saved ones (``state``); malformed ones raise ``ValueError`` and change
+        nothing."""
+        try:
+            saved = json.loads(metadata["ground_config"])
+            write_count = int(metadata["ground_write_count"])
+            state = {name: tensors[f"ground.{name}"] for name in FIELDS}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed ground texture ({type(error).__name__}: {error})") from error
+        if saved.get("cell_size") != self.config.cell_size or saved.get("levels") != self.config.levels:
+            raise ValueError(f"ground texture saved with cells of {saved.get('cell_size')} m in "
+                             f"{saved.get('levels')} levels, this one uses {self.config.cell_size} m in "
+                             f"{self.config.levels}")
+        count = state["keys"].shape[0] if state["keys"].dim() == 1 else -1
+        shapes_ok = (count >= 0 and state["colors"].shape == (count, 3)
+                     and all(state[name].shape == (count,) for name in ("weights", "areas", "observed", "last_written")))
+        types_ok = all(state[name].dtype == getattr(self, name).dtype for name in FIELDS)
+        if not (shapes_ok and types_ok):
+            raise ValueError("ground texture tensors have inconsistent shapes or types")
+        if count and not (bool((state["keys"][1:] > state["keys"][:-1]).all())
+                          and bool((state["weights"] > 0).all())):
+            raise ValueError("ground texture cells are unsorted or unweighted")
+        for name in FIELDS:
+            value = state[name].to(self.device)
+            setattr(self, name, value)
+        self.write_count = write_count
+
