@@ -80,6 +80,20 @@ def on_plane(depth: torch.Tensor, plane_depth: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(plane_depth) & ((depth - plane_depth).abs() <= 1e-3 * plane_depth)
 
 
+def _pack(cells: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+    """One int64 key per cell ``[..., 2]`` (integer cell coordinates) of a ``level``."""
+    cells = (cells + _OFFSET).clamp(0, (1 << _BITS) - 1)  # beyond +-2 700 km everything shares the border cells
+    return (level << (2 * _BITS)) | (cells[..., 0] << _BITS) | cells[..., 1]
+
+
+def interior(pixels: torch.Tensor) -> torch.Tensor:
+    """The ``pixels [H,W]`` whose eight neighbours are in the set too: what a frame shows of the floor is written
+    without its border, where a pixel mixes the floor with the foot of a wall or box (their colour would
+    otherwise ring every wall's base when the floor is painted from elsewhere)."""
+    outside = (~pixels)[None, None].float()
+    return ~(F.max_pool2d(outside, 3, stride=1, padding=1)[0, 0] > 0) & pixels
+
+
 def seam_correction(difference: torch.Tensor, known: torch.Tensor, sigma: float = SEAM_SIGMA) -> torch.Tensor:
     """``[3,H,W]``: the ``difference`` between the texture and the decoded frame on the ``known`` pixels, carried
     smoothly (normalised Gaussian blur, computed on a 4x coarser grid: it only carries a shade) to the pixels
@@ -130,9 +144,7 @@ class GroundTexture:
 
     # ------------------------------------------------------------------ keys
     def _keys(self, xy: torch.Tensor, level: int) -> torch.Tensor:
-        cells = torch.floor(xy / (self.config.cell_size * 2 ** level)).long() + _OFFSET
-        cells = cells.clamp(0, (1 << _BITS) - 1)  # beyond +-2 700 km everything shares the border cells
-        return (level << (2 * _BITS)) | (cells[..., 0] << _BITS) | cells[..., 1]
+        return _pack(torch.floor(xy / (self.config.cell_size * 2 ** level)).long(), level)
 
     def _finest_level(self, footprint: torch.Tensor) -> torch.Tensor:
         """Per pixel, the finest level whose cells are at least about the pixel's footprint (half of it:
@@ -167,26 +179,26 @@ class GroundTexture:
         return int(unique.numel())
 
     def observe(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> int:
-        """Write an observation's floor: its pixels within ``OBSERVED_FLOOR_MARGIN`` of the plane by their true
-        ``depth [H,W]`` (``floor``: ``projection.floor_geometry`` of its camera). Returns the cells written."""
+        """Write an observation's floor: the ``interior`` of its pixels within ``OBSERVED_FLOOR_MARGIN`` of the
+        plane by their true ``depth [H,W]`` (``floor``: ``projection.floor_geometry`` of its camera). Returns the cells written."""
         heights = floor.height + depth.float() * floor.down
         pixels = (torch.isfinite(depth) & (depth > 0) & (heights.abs() < OBSERVED_FLOOR_MARGIN)
                   & torch.isfinite(floor.plane_depth))
-        return self.write(rgb, GroundPixels(pixels, floor.xy, floor.footprint), observed=True)
+        return self.write(rgb, GroundPixels(interior(pixels), floor.xy, floor.footprint), observed=True)
 
     @torch.inference_mode()
     def paint(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> tuple[torch.Tensor, GroundPixels]:
         """A generated frame ``rgb [3,H,W]`` with its pixels on the floor plane (by ``depth``, as a step put them
         there: ``projection.clamp_to_floor``; ``floor``: ``projection.floor_geometry`` of its camera) showing the
         texture wherever it holds their place: the floor's colours as shown before, exactly where they lie.
-        Also returns what the frame adds, its floor pixels the texture did not hold (to ``write`` once the
-        frame is kept)."""
+        Also returns what the frame adds, the ``interior`` of its floor pixels the texture did not hold (to
+        ``write`` once the frame is kept)."""
         on_floor = on_plane(depth, floor.plane_depth)
         colors, known = self.render(floor.xy, floor.footprint, on_floor)
         new = on_floor & ~known
         if bool(known.any()) and bool(new.any()):
             rgb = torch.where(new, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
-        return torch.where(known, colors.to(rgb.dtype), rgb), GroundPixels(new, floor.xy, floor.footprint)
+        return torch.where(known, colors.to(rgb.dtype), rgb), GroundPixels(interior(new), floor.xy, floor.footprint)
 
     def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor, observed: bool) -> None:
         """Fold a write's cells (sorted unique ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
@@ -235,7 +247,9 @@ class GroundTexture:
     def render(self, xy: torch.Tensor, footprint: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Colours ``[3,H,W]`` (zeros where unknown) and ``known [H,W]`` of the floor points ``xy [H,W,2]``
         at the pixels ``where [H,W]``: per pixel, the finest level at least its ``footprint`` that holds
-        the place, else the next coarser one whose cell was mostly shown (``MIN_SHOWN_AREA``)."""
+        the place, else the next coarser one whose cell was mostly shown (``MIN_SHOWN_AREA``), interpolated
+        bilinearly between that level's cells around the point (the known ones), so floor seen closer than
+        it was shown comes back smooth, not as squares of one colour."""
         height, width = where.shape
         colors = torch.zeros((height * width, 3), device=self.device)
         known = torch.zeros(height * width, dtype=torch.bool, device=self.device)
@@ -243,22 +257,35 @@ class GroundTexture:
         if len(self) and bool(wanted.any()):
             points = xy.reshape(-1, 2)[wanted]
             finest = self._finest_level(footprint.reshape(-1)[wanted])
-            found = torch.zeros(points.shape[0], dtype=torch.bool, device=self.device)
-            picked = torch.zeros((points.shape[0], 3), device=self.device)
-            for level in range(self.config.levels):
-                ask = ~found & (finest <= level)
-                if not bool(ask.any()):
-                    continue
-                keys = self._keys(points[ask], level)
-                index = torch.searchsorted(self.keys, keys).clamp_max(len(self) - 1)
-                hit = self.keys[index] == keys
-                hit &= (finest[ask] == level) | (self.areas[index] >= MIN_SHOWN_AREA * 255)
-                rows = ask.nonzero().squeeze(1)[hit]
-                picked[rows] = self.colors[index[hit]].float() / 255
-                found[rows] = True
-            colors[wanted] = picked
+            levels = torch.arange(self.config.levels, device=self.device)[:, None]            # [L,1]
+            sizes = self.config.cell_size * torch.pow(2.0, levels.float())[..., None]         # [L,1,1]
+            index, hit = self._find(_pack(torch.floor(points / sizes).long(), levels))      # [L,n]
+            hit &= (levels == finest) | ((levels > finest) & (self.areas[index] >= MIN_SHOWN_AREA * 255))
+            level = torch.full_like(finest, -1)
+            for candidate in reversed(range(self.config.levels)):                            # the finest hit wins
+                level = torch.where(hit[candidate], candidate, level)
+            found = level >= 0
+            colors[wanted.nonzero().squeeze(1)[found]] = self._bilinear(points[found], level[found])
             known[wanted] = found
         return colors.reshape(height, width, 3).permute(2, 0, 1), known.reshape(height, width)
+
+    def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each key's row in the texture and whether it is there."""
+        index = torch.searchsorted(self.keys, keys).clamp_max(len(self) - 1)
+        return index, self.keys[index] == keys
+
+    def _bilinear(self, points: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``[n,3]`` colours at ``points [n,2]``, each interpolated between the four cells of its ``level``
+        whose centres surround it (those the texture holds; the point's own cell always is)."""
+        size = self.config.cell_size * torch.pow(2.0, level.float())[:, None]
+        grid = points / size - 0.5                       # in cells, from the centre of cell 0
+        base = torch.floor(grid)
+        fraction = grid - base
+        corners = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=self.device)[:, None]     # [4,1,2]
+        index, hit = self._find(_pack(base.long() + corners, level))                              # [4,n]
+        weights = torch.where(corners.bool(), fraction, 1 - fraction).prod(-1) * hit                 # [4,n]
+        total = (weights[..., None] * self.colors[index].float()).sum(0)
+        return total / weights.sum(0).clamp_min(1e-6)[:, None] / 255
 
     # ------------------------------------------------------------------ files
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
