@@ -4,9 +4,10 @@
 
 A 128x128 camera drives a loop through a procedural world twice (the first lap explores, the second
 only revisits; ground-truth RGB-D from the renderer). Each step writes the frame to both memories (the latent one with the
-autoencoder's latents) and reads the next view from both; the explicit read is followed by the
-autoencoder encode a model needs to use it. Prints bytes held, write/read times and, at the end, the
-ratios. Uses the shipped autoencoder when present, else an untrained one of the same architecture.
+autoencoder's latents, and the floor's colours to its ground texture) and reads the next view from both;
+the explicit read is followed by the autoencoder encode a model needs to use it, the latent read by the ground
+texture's render of the floor a step paints (what a step adds to its read). Prints bytes held (the latent
+memory's with its ground texture), write/read times and, at the end, the ratios. Uses the shipped autoencoder when present, else an untrained one of the same architecture.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
+from mirage_ros.memory.projection import RayCache, floor_geometry
 from mirage_ros.model import DEFAULT_CHECKPOINT, RGBDAutoencoder, load_component
 from mirage_ros.worlds import generate_trajectory, generate_world
+from mirage_ros.worlds.generator import FLOOR_HEIGHT
 from mirage_ros.worlds.renderer import GroundTruthRenderer
 
 
@@ -52,6 +55,7 @@ def main() -> int:
     with GroundTruthRenderer(world, 128, 128) as renderer:
         frames = [renderer.render(pose, camera.K) for pose in trajectory.cam_to_world]
     latent_memory, explicit_memory = LatentSpatialMemory(LatentMemoryConfig()), ExplicitPointCloudMemory()
+    rays = RayCache(torch.device("cpu"))
     print(f"autoencoder: {origin}; world {args.world}; {args.steps} steps at 128x128, 16x16x8 latents, 2 threads")
     print(f"{'step':>5} {'latent MiB':>11} {'explicit MiB':>13} {'ratio':>7} {'lat write ms':>13} {'lat read ms':>12} "
           f"{'exp write ms':>13} {'exp read ms':>12} {'exp encode ms':>14}")
@@ -65,11 +69,15 @@ def main() -> int:
             latent = autoencoder.encode(rgb_t[None], depth_t[None])[0]
             pose, next_pose = trajectory.cam_to_world[step], trajectory.cam_to_world[step + 1]
             _, t = timed(latent_memory.write, latent, depth, camera.K, pose)
-            rows["latent_write"].append(t)
+            _, t_ground = timed(latent_memory.ground.observe, rgb_t, depth_t,
+                                floor_geometry(rays(camera.K, 128, 128), pose, FLOOR_HEIGHT))
+            rows["latent_write"].append(t + t_ground)
             _, t = timed(explicit_memory.write, rgb_t, depth, camera.K, pose)
             rows["explicit_write"].append(t)
             _, t = timed(latent_memory.read, next_pose, camera.K, (16, 16))
-            rows["latent_read"].append(t)
+            floor = floor_geometry(rays(camera.K, 128, 128), next_pose, FLOOR_HEIGHT)
+            _, t_ground = timed(latent_memory.ground.render, floor.xy, floor.footprint, torch.isfinite(floor.plane_depth))
+            rows["latent_read"].append(t + t_ground)
             render, t = timed(explicit_memory.read, next_pose, camera.K, (128, 128))
             rows["explicit_read"].append(t)
             _, t = timed(autoencoder.encode, render.rgb[None], render.depth[None])
@@ -104,7 +112,9 @@ def main() -> int:
     latent_path = float(np.median(rows["latent_read"]))
     explicit_path = float(np.median(rows["explicit_read"])) + float(np.median(rows["encode"]))
     print()
-    print(f"cache size after {args.steps} steps: latent {lat_final / 2**20:.3f} MiB, explicit {exp_final / 2**20:.2f} MiB "
+    ground = latent_memory.ground.nbytes
+    print(f"cache size after {args.steps} steps: latent {lat_final / 2**20:.3f} MiB (tokens {(lat_final - ground) / 2**20:.3f}, "
+          f"ground texture {ground / 2**20:.3f} in {len(latent_memory.ground)} cells), explicit {exp_final / 2**20:.2f} MiB "
           f"-> explicit / latent = {exp_final / lat_final:.1f}x (target >= 55x)")
     print(f"read path: latent read {1000 * latent_path:.2f} ms vs explicit render + encode {1000 * explicit_path:.2f} ms "
           f"-> {explicit_path / latent_path:.1f}x faster (target >= 10x)")

@@ -145,7 +145,8 @@ PARAMETERS = [
     ParameterSpec("num_inference_steps", 4, "Denoising steps per frame where the memory does not already "
                   "cover the view.", read_only=True, low=1, high=50),
     ParameterSpec("clamp_to_floor", True, "Generated depth never goes below the floor (points within 6 cm of "
-                  "it lie on it): the floor is where the camera's known height and pitch put it.", read_only=True),
+                  "it lie on it): the floor is where the camera's known height and pitch put it; there it shows the "
+                  "colours it was shown with (the memory's ground texture).", read_only=True),
     ParameterSpec("floor_height", 0.0, "Height of the floor in odom_frame (m); 0 when base_link is on the floor.",
                   read_only=True, low=-100.0, high=100.0),
     ParameterSpec("seed", 0, "Noise seed: equal seeds and commands give equal rollouts.", read_only=True,
