@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/memory_benchmark.py [--steps 240] [--checkpoint DIR]
 
 A 128x128 camera drives a loop through a procedural world twice (the first lap explores, the second
-only revisits; ground-truth RGB-D from the renderer). Each step writes the frame to both memories (the latent one with the
-autoencoder's latents, and the floor's colours to its ground texture) and reads the next view from both;
-the explicit read is followed by the autoencoder encode a model needs to use it, the latent read by the ground
-texture's render of the floor a step paints (what a step adds to its read). Prints bytes held (the latent
-memory's with its ground texture), write/read times and, at the end, the ratios. Uses the shipped autoencoder when present, else an untrained one of the same architecture.
+only revisits; ground-truth RGB-D from the renderer). Each step writes the frame to both memories (the latent
+one with the autoencoder's latents, and the floor's colours to its ground texture) and reads the next view from
+both; the explicit read is followed by the autoencoder encode a model needs to use it, the latent read by the
+ground texture's render of the floor a step paints (what a step adds to its read). Prints bytes held (the
+latent memory's with its ground texture), write/read times and, at the end, the ratios. Uses the shipped
+autoencoder when present, else an untrained one of the same architecture.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,29 +86,26 @@ def _pack(cells: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
 
 
 def interior(pixels: torch.Tensor) -> torch.Tensor:
-    """The ``pixels [H,W]`` whose eight neighbours are in the set too: what a frame shows of the floor is written
-    without its border, where a pixel mixes the floor with the foot of a wall or box (their colour would
-    otherwise ring every wall's base when the floor is painted from elsewhere)."""
-    outside = (~pixels)[None, None].float()
-    return ~(F.max_pool2d(outside, 3, stride=1, padding=1)[0, 0] > 0) & pixels
+    """The ``pixels [H,W]`` whose eight neighbours (those in the image) are in the set too: what a frame shows
+    of the floor is written without its border, where a pixel mixes the floor with the foot of a wall or box
+    (their colour would otherwise ring every wall's base when the floor is painted from elsewhere)."""
+    inside = F.avg_pool2d(pixels[None, None].float(), 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+    return inside > 1 - 1e-3
 
 
 def seam_correction(difference: torch.Tensor, known: torch.Tensor, sigma: float = SEAM_SIGMA) -> torch.Tensor:
     """``[3,H,W]``: the ``difference`` between the texture and the decoded frame on the ``known`` pixels, carried
-    smoothly (normalised Gaussian blur, computed on a 4x coarser grid: it only carries a shade) to the pixels
+    smoothly (normalised blur of about ``sigma`` pixels, on a 4x coarser grid: it only carries a shade) to the pixels
     around them and fading where no known pixel is near. Added to floor the frame draws anew beside the
     painted floor, it continues the painted floor's colours there instead of meeting them at an edge (the
     decoder's floor is often a shade off the texture's); the new floor's own pattern stays."""
     height, width = known.shape
     stack = torch.cat([difference.float() * known, known[None].float()])[None]              # [1,4,H,W]
     stack = F.avg_pool2d(stack, 4, ceil_mode=True)
-    coarse = sigma / 4
-    radius = max(1, int(3 * coarse))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=difference.device)
-    kernel = torch.exp(-0.5 * (taps / coarse) ** 2)
-    kernel = (kernel / kernel.sum()).repeat(4, 1)
-    stack = F.conv2d(F.pad(stack, (radius, radius, 0, 0), mode="replicate"), kernel.view(4, 1, 1, -1), groups=4)
-    stack = F.conv2d(F.pad(stack, (0, 0, radius, radius), mode="replicate"), kernel.view(4, 1, -1, 1), groups=4)
+    # Two box filters of 2r+1 cells on the 4x coarser grid: about a Gaussian of sigma, cheaper than a convolution.
+    radius = max(1, round(sigma / 4 * math.sqrt(3 / 2)))
+    for _ in range(2):
+        stack = F.avg_pool2d(F.pad(stack, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)
     stack = F.interpolate(stack, size=(height, width), mode="bilinear", align_corners=False)[0]
     blurred, weight = stack[:3], stack[3]
     fade = (weight / SEAM_SUPPORT).clamp(0, 1)
@@ -180,7 +176,8 @@ class GroundTexture:
 
     def observe(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> int:
         """Write an observation's floor: the ``interior`` of its pixels within ``OBSERVED_FLOOR_MARGIN`` of the
-        plane by their true ``depth [H,W]`` (``floor``: ``projection.floor_geometry`` of its camera). Returns the cells written."""
+        plane by their true ``depth [H,W]`` (``floor``: ``projection.floor_geometry`` of its camera). Returns the
+        cells written."""
         heights = floor.height + depth.float() * floor.down
         pixels = (torch.isfinite(depth) & (depth > 0) & (heights.abs() < OBSERVED_FLOOR_MARGIN)
                   & torch.isfinite(floor.plane_depth))
@@ -278,7 +275,7 @@ class GroundTexture:
             return self.render(floor.xy, floor.footprint, on_floor)
         xy = F.avg_pool2d(floor.xy.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
         footprint = F.avg_pool2d(floor.footprint[None, None], 2)[0, 0] * 2
-        wanted = F.max_pool2d(on_floor[None, None].float(), 2)[0, 0] > 0
+        wanted = F.avg_pool2d(on_floor[None, None].float(), 2)[0, 0] > 0
         colors, known = self.render(xy, footprint, wanted)
         colors = F.interpolate(colors[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
         known = F.interpolate(known[None, None].float(), scale_factor=2, mode="bilinear", align_corners=False)[0, 0]
