@@ -6,7 +6,7 @@ A 128x128 camera drives a loop through a procedural world twice (the first lap e
 only revisits; ground-truth RGB-D from the renderer). Each step writes the frame to both memories (the latent
 one with the autoencoder's latents, and the floor's colours to its ground texture) and reads the next view from
 both; the explicit read is followed by the autoencoder encode a model needs to use it, the latent read by the
-ground texture's render of the floor a step paints (what a step adds to its read). Prints bytes held (the
+ground texture's paint of the next true frame's floor (what a step adds to its read). Prints bytes held (the
 latent memory's with its ground texture), write/read times and, at the end, the ratios. Uses the shipped
 autoencoder when present, else an untrained one of the same architecture.
 """
@@ -22,7 +22,7 @@ import torch
 
 from mirage_ros.camera import PinholeCamera
 from mirage_ros.memory import ExplicitPointCloudMemory, LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.projection import RayCache, floor_geometry
+from mirage_ros.memory.projection import RayCache, clamp_to_floor, floor_geometry
 from mirage_ros.model import DEFAULT_CHECKPOINT, RGBDAutoencoder, load_component
 from mirage_ros.worlds import generate_trajectory, generate_world
 from mirage_ros.worlds.generator import FLOOR_HEIGHT
@@ -77,7 +77,8 @@ def main() -> int:
             rows["explicit_write"].append(t)
             _, t = timed(latent_memory.read, next_pose, camera.K, (16, 16))
             floor = floor_geometry(rays(camera.K, 128, 128), next_pose, FLOOR_HEIGHT)
-            _, t_ground = timed(latent_memory.ground.render, floor.xy, floor.footprint, torch.isfinite(floor.plane_depth))
+            next_depth = clamp_to_floor(torch.from_numpy(frames[step + 1][1]), floor)  # as a step puts it
+            _, t_ground = timed(latent_memory.ground.paint, torch.full((3, 128, 128), 0.5), next_depth, floor)
             rows["latent_read"].append(t + t_ground)
             render, t = timed(explicit_memory.read, next_pose, camera.K, (128, 128))
             rows["explicit_read"].append(t)
