@@ -382,12 +382,14 @@ def build_robot(settings: dict[str, Any], params: dict[str, Any]) -> Robot:
 
 
 def build_world_model(params: dict[str, Any]) -> WorldModel:
-    """The world model ``params`` ask for (checkpoint, memory, device, seed, precision, floor, step count)."""
+    """The world model ``params`` ask for (checkpoint, memory, device, seed, precision, floor and ground texture,
+    step count)."""
     model = WorldModel.from_pretrained(params["model_path"] or None, memory=params["memory"],
                                        device=params["device"], seed=params["seed"],
                                        precision=params["precision"],
                                        trace_networks=params["trace_networks"],
-                                       floor_height=params["floor_height"] if params["clamp_to_floor"] else None)
+                                       floor_height=params["floor_height"] if params["clamp_to_floor"] else None,
+                                       ground_texture=params["ground_texture"])
     # The checkpoint's sampling settings stay (world_model.json); the node sets the step count.
     model.sampling = replace(model.sampling, num_inference_steps=params["num_inference_steps"])
     return model

@@ -197,3 +197,16 @@ def test_a_step_paints_the_floor_it_was_shown_and_remembers_what_it_draws() -> N
             cells = len(model.memory.ground)
             model.step(looking_down(x=0.3, height=0.8))  # new floor: the model's own colours are kept
             assert len(model.memory.ground) > cells
+
+
+def test_the_ground_texture_can_be_turned_off_when_loading_a_checkpoint(tiny_checkpoint) -> None:
+    from mirage_ros.model import WorldModel
+    from mirage_ros.ros.sim_node import PARAMETERS
+    from mirage_ros.simulator import build_world_model
+
+    assert WorldModel.from_pretrained(tiny_checkpoint).memory.ground is not None  # the file's setting: on
+    off = WorldModel.from_pretrained(tiny_checkpoint, ground_texture=False)
+    assert off.memory.ground is None and off.memory_config.ground_texture is False
+    params = {spec.name: spec.default for spec in PARAMETERS}
+    params.update(model_path=str(tiny_checkpoint), ground_texture=False)
+    assert build_world_model(params).memory.ground is None  # the node's ground_texture parameter

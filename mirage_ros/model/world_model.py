@@ -218,7 +218,8 @@ class WorldModel:
         """Load the shipped default checkpoint (``path=None``) or a local directory with
         ``autoencoder/``, ``denoiser/``, optionally ``refiner/`` (diffusers layout) and
         ``world_model.json`` (image size, sampling and memory settings). ``kwargs`` go to the
-        constructor and override the file's (``refiner=None`` turns a shipped refiner off).
+        constructor and override the file's (``refiner=None`` turns a shipped refiner off); ``ground_texture``
+        (bool) overrides that one memory setting of the file's (``LatentMemoryConfig.ground_texture``).
 
         Loading for inference also switches PyTorch's process-wide flush-denormal mode on: denormal
         floats make CPU convolutions ~100x slower as activations decay towards zero over a rollout,
@@ -231,6 +232,9 @@ class WorldModel:
             image_size = tuple(int(n) for n in settings["image_size"])
             sampling = SamplingConfig(**settings.get("sampling", {}))
             memory_config = LatentMemoryConfig(**settings["memory"]) if "memory" in settings else None
+            if "ground_texture" in kwargs:
+                memory_config = replace(memory_config or LatentMemoryConfig(),
+                                        ground_texture=bool(kwargs.pop("ground_texture")))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{settings_path}: not a readable world model settings file "
                              f"({type(error).__name__}: {error})") from error
