@@ -10,13 +10,14 @@ pixels, painted back exactly where a new view's depth lies on the floor. Walls, 
 the latent memory, where they come back as well as explicit points do.
 
 Cells are kept at several sizes (``cell_size`` times 1, 2, 4, ...: a mip pyramid, sparse): a pixel writes
-each level whose cells are at least about its footprint on the floor, and a view reads, per pixel, the
-finest level at least its own footprint that holds the place, else the next coarser one (floor seen
-only from afar comes back at the resolution it was seen at, not as holes). Observations replace what the
+each level whose cells are at least about its footprint on the floor, and a view reads, per pixel (on 2x2-pixel
+blocks, upsampled), the finest level at least its own footprint that holds the place, else the next coarser one
+(floor seen only from afar comes back at the resolution it was seen at, not as holes), interpolated bilinearly
+between that level's cells. Observations replace what the
 model imagined and fuse with earlier observations (running mean, weight capped at ``max_weight`` so
 lighting that changes still shows); imagined colours only fill cells nothing has shown yet, so a
 revisited imagined floor looks the same every time. Bounded: past ``capacity`` cells, the least
-recently written are dropped.
+recently written are dropped (down to nine tenths of it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from mirage_ros.memory.projection import FloorRays
 
-#: Bits per cell coordinate in a key (+-2^27 cells: +-2 700 km at 2 cm); the level sits above them.
+#: Bits per cell coordinate in a key (+-2^27 cells: +-5 000 km at 4 cm); the level sits above them.
 _BITS = 28
 _OFFSET = 1 << (_BITS - 1)
 #: Metres above the floor plane within which an observed pixel counts as floor (true depth: objects
@@ -81,7 +82,7 @@ def on_plane(depth: torch.Tensor, plane_depth: torch.Tensor) -> torch.Tensor:
 
 def _pack(cells: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
     """One int64 key per cell ``[..., 2]`` (integer cell coordinates) of a ``level``."""
-    cells = (cells + _OFFSET).clamp(0, (1 << _BITS) - 1)  # beyond +-2 700 km everything shares the border cells
+    cells = (cells + _OFFSET).clamp(0, (1 << _BITS) - 1)  # beyond +-5 000 km everything shares the border cells
     return (level << (2 * _BITS)) | (cells[..., 0] << _BITS) | cells[..., 1]
 
 
