@@ -39,10 +39,10 @@ def solid(color: tuple[float, float, float]) -> torch.Tensor:
     return torch.tensor(color)[:, None, None].expand(3, SIZE, SIZE)
 
 
-def write(ground: GroundTexture, pose: np.ndarray, rgb: torch.Tensor | None = None, observed: bool = True) -> int:
+def write(ground: GroundTexture, pose: np.ndarray, rgb: torch.Tensor | None = None) -> int:
     floor = geometry(pose)
     rgb = split_floor(floor.xy) if rgb is None else rgb
-    return ground.write(rgb, GroundPixels(torch.isfinite(floor.plane_depth), floor.xy, floor.footprint), observed=observed)
+    return ground.write(rgb, GroundPixels(torch.isfinite(floor.plane_depth), floor.xy, floor.footprint))
 
 
 def render(ground: GroundTexture, pose: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,17 +91,17 @@ def test_floor_seen_from_afar_fills_a_near_view_from_coarser_cells() -> None:
     assert torch.allclose(colors[:, away_from_border], split_floor(xy)[:, away_from_border])
 
 
-def test_observations_replace_imagined_colours_and_imagined_ones_only_fill_gaps() -> None:
-    ground = GroundTexture()
+def test_observations_of_a_cell_fuse_with_recent_ones_keeping_a_say() -> None:
+    ground = GroundTexture(GroundTextureConfig(max_weight=2))
     pose = looking_down()
-    write(ground, pose, solid(RED), observed=False)
-    assert torch.allclose(render(ground, pose)[0][:, 32, 32], torch.tensor(RED))
-    write(ground, pose, solid(BLUE), observed=True)  # a real observation starts afresh over an imagined one
+    write(ground, pose, solid(BLUE))
     assert torch.allclose(render(ground, pose)[0][:, 32, 32], torch.tensor(BLUE))
-    write(ground, pose, solid(GREEN), observed=False)  # the model's own frame never repaints what was shown
-    assert torch.allclose(render(ground, pose)[0][:, 32, 32], torch.tensor(BLUE))
-    write(ground, pose, solid(RED), observed=True)  # observations fuse
+    write(ground, pose, solid(RED))  # a second observation: the mean of the two
     assert torch.allclose(render(ground, pose)[0][:, 32, 32], torch.tensor([0.5, 0.0, 0.5]), atol=1 / 255)
+    for _ in range(20):  # past max_weight, a new observation still moves the cell by a third
+        write(ground, pose, solid(RED))
+    write(ground, pose, solid(BLUE))
+    assert float(render(ground, pose)[0][2, 32, 32]) == pytest.approx(1 / 3, abs=2 / 255)
 
 
 def test_an_observation_writes_its_floor_pixels_only_and_paint_shows_them() -> None:
@@ -112,15 +112,14 @@ def test_an_observation_writes_its_floor_pixels_only_and_paint_shows_them() -> N
     depth[:, :SIZE // 2] -= 0.1  # the left half is a box 10 cm high: not floor
     assert ground.observe(solid(BLUE), depth, floor) > 0
     generated = solid(GREEN).clone()
-    painted, new_floor = ground.paint(generated, floor.plane_depth, floor)
+    painted = ground.paint(generated, floor.plane_depth, floor)
     assert torch.allclose(painted[:, :, SIZE // 2 + 2:], solid(BLUE)[:, :, SIZE // 2 + 2:])  # the floor shown
     # Under the box the floor is unknown: the frame's own colours, far from the painted floor as drawn, and
     # near it shaded towards the painted colours (no edge where they meet).
     assert torch.allclose(painted[:, :, :SIZE // 2 - 20], generated[:, :, :SIZE // 2 - 20])
     assert float(painted[2, :, SIZE // 2 - 3].mean()) > 0.5 > float(painted[2, :, SIZE // 2 - 12].mean())
-    assert bool(new_floor.pixels[:, :SIZE // 2 - 2].all()) and not bool(new_floor.pixels[:, SIZE // 2 + 2:].any())
-    off_plane, nothing_new = ground.paint(generated, floor.plane_depth * 0.5, floor)
-    assert torch.equal(off_plane, generated) and not bool(nothing_new.pixels.any())  # nothing lies on the floor
+    off_plane = ground.paint(generated, floor.plane_depth * 0.5, floor)
+    assert torch.equal(off_plane, generated)  # nothing lies on the floor
 
 
 def test_capacity_drops_the_least_recently_written_cells() -> None:
@@ -147,7 +146,7 @@ def test_a_saved_memory_keeps_its_ground_texture_and_older_files_load_without_on
     memory.save(path)
     loaded = LatentSpatialMemory()
     loaded.load(path)
-    for name in ("keys", "colors", "weights", "areas", "observed", "last_written"):
+    for name in ("keys", "colors", "weights", "areas", "last_written"):
         assert torch.equal(getattr(loaded.ground, name), getattr(memory.ground, name))
     assert loaded.stats().bytes == memory.stats().bytes > 0
 
@@ -195,7 +194,9 @@ def test_a_step_paints_the_floor_it_was_shown_and_remembers_what_it_draws() -> N
         else:
             assert (result.rgb[shown_before] == painted_colour).all()
             cells = len(model.memory.ground)
-            model.step(looking_down(x=0.3, height=0.8))  # new floor: the model's own colours are kept
+            model.step(looking_down(x=0.3, height=0.8))  # new floor: the model's own frames are not written
+            assert len(model.memory.ground) == cells
+            model.observe(magenta, depth, K, looking_down(x=0.3, height=0.8))  # an observation is
             assert len(model.memory.ground) > cells
 
 

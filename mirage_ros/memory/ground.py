@@ -13,11 +13,11 @@ Cells are kept at several sizes (``cell_size`` times 1, 2, 4, ...: a mip pyramid
 each level whose cells are at least about its footprint on the floor, and a view reads, per pixel (on 2x2-pixel
 blocks, upsampled), the finest level at least its own footprint that holds the place, else the next coarser one
 (floor seen only from afar comes back at the resolution it was seen at, not as holes), interpolated bilinearly
-between that level's cells. Observations replace what the
-model imagined and fuse with earlier observations (running mean, weight capped at ``max_weight`` so
-lighting that changes still shows); imagined colours only fill cells nothing has shown yet, so a
-revisited imagined floor looks the same every time. Bounded: past ``capacity`` cells, the least
-recently written are dropped (down to nine tenths of it).
+between that level's cells. Only observations are written (running mean, weight capped at ``max_weight`` so
+lighting that changes still shows): the model's own frames are not. Written frame by frame, imagined floor was
+locked in each frame's shade, and a turn through unseen space left stripes of them on the floor (model card); the
+tokens keep imagined floor as before, soft but of a piece. Bounded: past ``capacity`` cells, the least recently
+written are dropped (down to nine tenths of it).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ MIN_SHOWN_AREA = 0.9
 #: Pixels (standard deviation) over which newly drawn floor takes on the painted floor's colours beside it
 #: (``seam_correction``), and the share of known pixels in that neighbourhood from which it does so fully.
 SEAM_SIGMA, SEAM_SUPPORT = 6.0, 0.25
-FIELDS = ("keys", "colors", "weights", "areas", "observed", "last_written")
+FIELDS = ("keys", "colors", "weights", "areas", "last_written")
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,6 @@ class GroundTexture:
         self.colors = torch.zeros((0, 3), dtype=torch.uint8, device=self.device)
         self.weights = torch.zeros(0, dtype=torch.uint8, device=self.device)
         self.areas = torch.zeros(0, dtype=torch.uint8, device=self.device)
-        self.observed = torch.zeros(0, dtype=torch.bool, device=self.device)
         self.last_written = torch.zeros(0, dtype=torch.int32, device=self.device)
         self.write_count = 0
 
@@ -151,7 +150,7 @@ class GroundTexture:
 
     # ------------------------------------------------------------------ write
     @torch.inference_mode()
-    def write(self, rgb: torch.Tensor, floor: GroundPixels, observed: bool) -> int:
+    def write(self, rgb: torch.Tensor, floor: GroundPixels) -> int:
         """Remember the colours ``rgb [3,H,W]`` (in [0,1]) of the ``floor`` pixels. Returns the cells written
         or updated."""
         pixels = floor.pixels & torch.isfinite(floor.footprint)
@@ -172,7 +171,7 @@ class GroundTexture:
         sums = torch.zeros((unique.numel(), 4), device=self.device).index_add_(
             0, inverse, torch.cat([torch.cat(values), torch.ones_like(keys, dtype=torch.float32)[:, None]], dim=1))
         shown = torch.zeros(unique.numel(), device=self.device).index_add_(0, inverse, torch.cat(areas)).clamp_max(1)
-        self._merge(unique, sums[:, :3] / sums[:, 3:], shown, observed)
+        self._merge(unique, sums[:, :3] / sums[:, 3:], shown)
         return int(unique.numel())
 
     def observe(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> int:
@@ -182,46 +181,41 @@ class GroundTexture:
         heights = floor.height + depth.float() * floor.down
         pixels = (torch.isfinite(depth) & (depth > 0) & (heights.abs() < OBSERVED_FLOOR_MARGIN)
                   & torch.isfinite(floor.plane_depth))
-        return self.write(rgb, GroundPixels(interior(pixels), floor.xy, floor.footprint), observed=True)
+        return self.write(rgb, GroundPixels(interior(pixels), floor.xy, floor.footprint))
 
     @torch.inference_mode()
-    def paint(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> tuple[torch.Tensor, GroundPixels]:
+    def paint(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> torch.Tensor:
         """A generated frame ``rgb [3,H,W]`` with its pixels on the floor plane (by ``depth``, as a step put them
         there: ``projection.clamp_to_floor``; ``floor``: ``projection.floor_geometry`` of its camera) showing the
-        texture wherever it holds their place: the floor's colours as shown before, exactly where they lie.
-        Also returns what the frame adds, the ``interior`` of its floor pixels the texture did not hold (to
-        ``write`` once the frame is kept)."""
+        texture wherever it holds their place: the floor's colours as observed, exactly where they lie. The rest
+        of the floor, drawn by the model, is shaded into the painted floor beside it (``seam_correction``)."""
         on_floor = on_plane(depth, floor.plane_depth)
         colors, known = self._render_half(floor, on_floor)
-        new = on_floor & ~known
-        if bool(known.any()) and bool(new.any()):
-            rgb = torch.where(new, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
-        return torch.where(known, colors.to(rgb.dtype), rgb), GroundPixels(interior(new), floor.xy, floor.footprint)
+        drawn = on_floor & ~known
+        if bool(known.any()) and bool(drawn.any()):
+            rgb = torch.where(drawn, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
+        return torch.where(known, colors.to(rgb.dtype), rgb)
 
-    def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor, observed: bool) -> None:
+    def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor) -> None:
         """Fold a write's cells (sorted unique ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
         self.write_count += 1
         colors, areas = (colors * 255).round(), (areas * 255).round()
         index = torch.searchsorted(self.keys, keys).clamp_max(max(len(self) - 1, 0))
         known = (self.keys[index] == keys) if len(self) else torch.zeros_like(keys, dtype=torch.bool)
-        if observed:
-            # Over an imagined cell an observation starts afresh; over an observed one it fuses.
-            old = index[known]
-            prior = torch.where(self.observed[old], self.weights[old].float().clamp_max(self.config.max_weight),
-                                torch.zeros(old.shape, device=self.device))
-            fused = (self.colors[old].float() * prior[:, None] + colors[known]) / (prior + 1)[:, None]
-            self.colors[old] = fused.round().to(torch.uint8)
-            self.weights[old] = (prior + 1).to(torch.uint8)
-            self.areas[old] = torch.maximum(self.areas[old], areas[known].to(torch.uint8))
-            self.observed[old] = True
-            self.last_written[old] = self.write_count
+        old = index[known]
+        prior = self.weights[old].float().clamp_max(self.config.max_weight)
+        fused = (self.colors[old].float() * prior[:, None] + colors[known]) / (prior + 1)[:, None]
+        self.colors[old] = fused.round().to(torch.uint8)
+        self.weights[old] = (prior + 1).to(torch.uint8)
+        self.areas[old] = torch.maximum(self.areas[old], areas[known].to(torch.uint8))
+        self.last_written[old] = self.write_count
         new = ~known
         if not bool(new.any()):
             return
         count = int(new.sum())
         added = {"keys": keys[new], "colors": colors[new].to(torch.uint8),
                  "weights": torch.ones(count, dtype=torch.uint8, device=self.device),
-                 "areas": areas[new].to(torch.uint8), "observed": torch.full((count,), observed, device=self.device),
+                 "areas": areas[new].to(torch.uint8),
                  "last_written": torch.full((count,), self.write_count, dtype=torch.int32, device=self.device)}
         # Both key lists are sorted and disjoint: each entry's place in the merged list is its index plus the
         # number of the other list's keys before it (no sort of the whole texture per write).
@@ -321,7 +315,7 @@ class GroundTexture:
                              f"{self.config.levels}")
         count = state["keys"].shape[0] if state["keys"].dim() == 1 else -1
         shapes_ok = (count >= 0 and state["colors"].shape == (count, 3)
-                     and all(state[name].shape == (count,) for name in ("weights", "areas", "observed", "last_written")))
+                     and all(state[name].shape == (count,) for name in ("weights", "areas", "last_written")))
         types_ok = all(state[name].dtype == getattr(self, name).dtype for name in FIELDS)
         if not (shapes_ok and types_ok):
             raise ValueError("ground texture tensors have inconsistent shapes or types")

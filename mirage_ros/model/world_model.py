@@ -37,7 +37,7 @@ from mirage_ros.camera import scale_intrinsics, validate_intrinsics
 from mirage_ros.geometry import invert_transform, validate_transform
 from mirage_ros.memory import (ExplicitPointCloudMemory, Frame, LatentMemoryConfig, LatentSpatialMemory, MemoryStats,
                                MemoryView, NoMemory, SpatialMemory, write_back)
-from mirage_ros.memory.ground import GroundPixels, GroundTexture
+from mirage_ros.memory.ground import GroundTexture
 from mirage_ros.memory.projection import RayCache, clamp_to_floor, floor_geometry
 from mirage_ros.memory.protocol import OBSERVED_SHARE
 from mirage_ros.model.autoencoder import RGBDAutoencoder
@@ -322,9 +322,10 @@ class WorldModel:
         rgb_t, depth_t = resize_observation(rgb, depth, self.image_size)
         rgb_t, depth_t = rgb_t.to(self.device), depth_t.to(self.device)
         latent = self.encode(rgb_t[None], depth_t[None])[0]
-        frame = Frame(rgb_t, depth_t, latent, K, cam_to_world, observed=True)
-        written = write_back(self.memory, frame, view=None)
-        self._remember_ground(frame, new_floor=None)
+        written = write_back(self.memory, Frame(rgb_t, depth_t, latent, K, cam_to_world, observed=True), view=None)
+        if self._ground is not None:  # its floor pixels, as observed
+            self._ground.observe(rgb_t, depth_t, floor_geometry(self._rays(K, *self.image_size), cam_to_world,
+                                                                self.floor_height))
         self.K = K
         self._cameras[:1] = [CameraTrack(latent, cam_to_world)]
         return written
@@ -444,25 +445,22 @@ class WorldModel:
 
         started = self._clock()
         rgbs, depths = self.decode(output.latent)
-        frames, new_floors = [], []
+        frames = []
         for rgb, depth, latent, view, pose in zip(rgbs, depths, output.latent, views, poses):
             if view.surfaces is not None:
                 # Remembered pixels: on their token planes where the decoded depth agrees (memory.projection).
                 depth = view.surfaces.compose(depth)
-            new_floor = None
             if self.floor_height is not None:
                 floor = floor_geometry(self._rays(self.K, *self.image_size), pose, self.floor_height)
                 depth = clamp_to_floor(depth, floor)
                 if self._ground is not None:
-                    rgb, new_floor = self._ground.paint(rgb, depth, floor)
+                    rgb = self._ground.paint(rgb, depth, floor)
             frames.append(Frame(rgb, depth, latent, self.K, pose))
-            new_floors.append(new_floor)
         timings.decode = self._clock() - started
 
         started = self._clock()
-        for frame, view, new_floor in zip(frames, views, new_floors):
+        for frame, view in zip(frames, views):
             write_back(self.memory, frame, view)
-            self._remember_ground(frame, new_floor)
         timings.write = self._clock() - started
 
         self._cameras = [CameraTrack(frame.latent, frame.cam_to_world) for frame in frames]
@@ -477,17 +475,6 @@ class WorldModel:
     def _ground(self) -> GroundTexture | None:
         """The memory's ground texture where the floor plane is known and the memory keeps one."""
         return getattr(self.memory, "ground", None) if self.floor_height is not None else None
-
-    def _remember_ground(self, frame: Frame, new_floor: GroundPixels | None) -> None:
-        """Write a frame's floor to the ground texture: an observation's floor pixels (``GroundTexture.observe``),
-        a generated frame's ``new_floor`` (``GroundTexture.paint``)."""
-        if self._ground is None or frame.rgb is None:
-            return
-        if frame.observed:
-            floor = floor_geometry(self._rays(frame.K, *self.image_size), frame.cam_to_world, self.floor_height)
-            self._ground.observe(frame.rgb, frame.depth, floor)
-        elif new_floor is not None:
-            self._ground.write(frame.rgb, new_floor, observed=False)
 
     def _clock(self) -> float:
         """Wall-clock seconds once the device has finished the work queued so far: CUDA runs kernels
