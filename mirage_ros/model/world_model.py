@@ -3,9 +3,10 @@
 ``reset`` (or ``observe``) encodes a real observation and writes it to the spatial memory. Each
 ``step(cam_to_world)``: read the memory at the target camera -> redraw the read's token mosaic for this
 view (``MemoryReadRefiner``, where the checkpoint has one) -> denoise the next latent conditioned on
-the read and on the previous frame (``sampling.py``) -> decode RGB and metric depth -> write the newly
-generated tokens back (``memory.write_back``), placed in 3D with the decoder's own depth (no re-encode
-on the latent memory path).
+the read and on the previous frame (``sampling.py``) -> decode RGB and metric depth (where the floor plane
+is known: depth clamped to it, and the latent memory's ground texture paints the floor pixels with the colours
+observations showed there, ``memory.ground``) -> write the newly generated tokens back (``memory.write_back``),
+placed in 3D with the decoder's own depth (no re-encode on the latent memory path).
 
 Several cameras can share one world (``add_camera``): ``step_cameras`` reads the memory at each, then
 generates and decodes all their frames in batched network passes, and writes each back, so what one
