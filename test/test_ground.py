@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.ground import GroundPixels, GroundTexture, GroundTextureConfig, on_plane
+from mirage_ros.memory.ground import GroundTexture, GroundTextureConfig, on_plane
 from mirage_ros.memory.projection import FloorRays, floor_geometry, pixel_rays
 
 SIZE = 64
@@ -42,7 +42,7 @@ def solid(color: tuple[float, float, float]) -> torch.Tensor:
 def write(ground: GroundTexture, pose: np.ndarray, rgb: torch.Tensor | None = None) -> int:
     floor = geometry(pose)
     rgb = split_floor(floor.xy) if rgb is None else rgb
-    return ground.write(rgb, GroundPixels(torch.isfinite(floor.plane_depth), floor.xy, floor.footprint))
+    return ground.write(rgb, torch.isfinite(floor.plane_depth), floor)
 
 
 def render(ground: GroundTexture, pose: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

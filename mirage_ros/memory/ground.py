@@ -5,7 +5,7 @@ afar holds a long strip of it squashed along the view (a floor point at distance
 coming closer stretches the strip by the distance ratio across the view and by its square along it). One
 token cannot be redrawn for that stretch: on the replay scenario the latent memory's floor trails the
 explicit point cloud's by 2.4 dB (model card). The floor is a plane the simulator knows (``floor_height``),
-so its colours need no 3D points and no tokens: a 2D map of the floor, written from every frame's floor
+so its colours need no 3D points and no tokens: a 2D map of the floor, written from every observation's floor
 pixels, painted back exactly where a new view's depth lies on the floor. Walls, shelves and boxes stay in
 the latent memory, where they come back as well as explicit points do.
 
@@ -35,7 +35,7 @@ from mirage_ros.memory.projection import FloorRays
 _BITS = 28
 _OFFSET = 1 << (_BITS - 1)
 #: Metres above the floor plane within which an observed pixel counts as floor (true depth: objects
-#: standing on the floor start above it). Generated frames' floor is where the step put it on the plane.
+#: standing on the floor start above it).
 OBSERVED_FLOOR_MARGIN = 0.02
 #: Share of a coarser cell's area that frames must have shown for it to stand in for a finer cell nobody
 #: wrote: without it, the coarse cells that straddle the border of the shown floor would paint the unseen floor
@@ -62,16 +62,6 @@ class GroundTextureConfig:
         if not (0 < self.cell_size < 10 and 1 <= self.levels <= 16 and self.capacity >= 1
                 and 1 <= self.max_weight <= 254):
             raise ValueError(f"invalid ground texture config {self}")
-
-
-@dataclass
-class GroundPixels:
-    """Pixels of a frame on the floor plane: ``pixels [H,W]`` bool, their floor points ``xy [H,W,2]`` and
-    ``footprint [H,W]`` (``projection.FloorRays``)."""
-
-    pixels: torch.Tensor
-    xy: torch.Tensor
-    footprint: torch.Tensor
 
 
 def on_plane(depth: torch.Tensor, plane_depth: torch.Tensor) -> torch.Tensor:
@@ -139,8 +129,16 @@ class GroundTexture:
         return sum(getattr(self, name).element_size() * getattr(self, name).numel() for name in FIELDS)
 
     # ------------------------------------------------------------------ keys
-    def _keys(self, xy: torch.Tensor, level: int) -> torch.Tensor:
-        return _pack(torch.floor(xy / (self.config.cell_size * 2 ** level)).long(), level)
+    def _cell_size(self, level: int | torch.Tensor) -> float | torch.Tensor:
+        """Metres of a ``level``'s cells (an int, or a tensor of levels)."""
+        return self.config.cell_size * 2.0 ** level
+
+    def _keys(self, xy: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+        """The keys of the cells of ``level`` (an int, or levels broadcast against ``xy [..., 2]``) holding ``xy``."""
+        size = self._cell_size(level)
+        if isinstance(size, torch.Tensor):
+            size = size[..., None]
+        return _pack(torch.floor(xy / size).long(), level)
 
     def _finest_level(self, footprint: torch.Tensor) -> torch.Tensor:
         """Per pixel, the finest level whose cells are at least about the pixel's footprint (half of it:
@@ -150,10 +148,10 @@ class GroundTexture:
 
     # ------------------------------------------------------------------ write
     @torch.inference_mode()
-    def write(self, rgb: torch.Tensor, floor: GroundPixels) -> int:
-        """Remember the colours ``rgb [3,H,W]`` (in [0,1]) of the ``floor`` pixels. Returns the cells written
-        or updated."""
-        pixels = floor.pixels & torch.isfinite(floor.footprint)
+    def write(self, rgb: torch.Tensor, pixels: torch.Tensor, floor: FloorRays) -> int:
+        """Remember the colours ``rgb [3,H,W]`` (in [0,1]) of the floor ``pixels [H,W]`` (``floor``:
+        ``projection.floor_geometry`` of the camera). Returns the cells written or updated."""
+        pixels = pixels & torch.isfinite(floor.footprint)
         if not bool(pixels.any()):
             return 0
         colors = rgb.permute(1, 2, 0)[pixels].float()
@@ -165,7 +163,7 @@ class GroundTexture:
             if bool(chosen.any()):
                 keys.append(self._keys(points[chosen], level))
                 values.append(colors[chosen])
-                areas.append((footprint[chosen] / (self.config.cell_size * 2 ** level)) ** 2)
+                areas.append((footprint[chosen] / self._cell_size(level)) ** 2)
         keys = torch.cat(keys)
         unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
         sums = torch.zeros((unique.numel(), 4), device=self.device).index_add_(
@@ -181,7 +179,7 @@ class GroundTexture:
         heights = floor.height + depth.float() * floor.down
         pixels = (torch.isfinite(depth) & (depth > 0) & (heights.abs() < OBSERVED_FLOOR_MARGIN)
                   & torch.isfinite(floor.plane_depth))
-        return self.write(rgb, GroundPixels(interior(pixels), floor.xy, floor.footprint))
+        return self.write(rgb, interior(pixels), floor)
 
     @torch.inference_mode()
     def paint(self, rgb: torch.Tensor, depth: torch.Tensor, floor: FloorRays) -> torch.Tensor:
@@ -250,8 +248,7 @@ class GroundTexture:
             points = xy.reshape(-1, 2)[wanted]
             finest = self._finest_level(footprint.reshape(-1)[wanted])
             levels = torch.arange(self.config.levels, device=self.device)[:, None]            # [L,1]
-            sizes = self.config.cell_size * torch.pow(2.0, levels.float())[..., None]         # [L,1,1]
-            index, hit = self._find(_pack(torch.floor(points / sizes).long(), levels))      # [L,n]
+            index, hit = self._find(self._keys(points, levels))                                # [L,n]
             hit &= (levels == finest) | ((levels > finest) & (self.areas[index] >= MIN_SHOWN_AREA * 255))
             level = torch.full_like(finest, -1)
             for candidate in reversed(range(self.config.levels)):                            # the finest hit wins
@@ -284,8 +281,7 @@ class GroundTexture:
     def _bilinear(self, points: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """``[n,3]`` colours at ``points [n,2]``, each interpolated between the four cells of its ``level``
         whose centres surround it (those the texture holds; the point's own cell always is)."""
-        size = self.config.cell_size * torch.pow(2.0, level.float())[:, None]
-        grid = points / size - 0.5                       # in cells, from the centre of cell 0
+        grid = points / self._cell_size(level)[:, None] - 0.5       # in cells, from the centre of cell 0
         base = torch.floor(grid)
         fraction = grid - base
         corners = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=self.device)[:, None]     # [4,1,2]

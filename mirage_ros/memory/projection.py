@@ -179,39 +179,43 @@ class RayCache:
         return self._last[dtype][1]
 
 
-@dataclass
 class FloorRays:
     """Where each pixel's ray meets the floor plane (``floor_geometry``): ``down [H,W]`` (world z per unit of
     optical depth, < 0 looking down), ``plane_depth [H,W]`` (optical depth of the floor along the ray, inf where
-    the ray never meets it), ``xy [H,W,2]`` (the meeting point), ``footprint [H,W]`` (metres of floor one pixel
-    covers there: the side of its patch) and ``height`` (the camera's, metres above the floor)."""
+    the ray never meets it), ``height`` (the camera's, metres above the floor), and on first use ``xy [H,W,2]``
+    (the meeting point) and ``footprint [H,W]`` (metres of floor one pixel covers there: the side of its patch):
+    the depth clamp, on every step, needs neither."""
 
-    down: torch.Tensor
-    plane_depth: torch.Tensor
-    xy: torch.Tensor
-    footprint: torch.Tensor
-    height: float
+    def __init__(self, world_rays: torch.Tensor, camera_xy: torch.Tensor, spacing: torch.Tensor, height: float) -> None:
+        self._world_rays, self._camera_xy, self._spacing = world_rays, camera_xy, spacing
+        self.down = world_rays[..., 2]
+        self.height = height
+        self._meets = (self.down < -1e-6) & (height > 0)
+        self.plane_depth = torch.where(self._meets, height / (-self.down).clamp_min(1e-6),
+                                       torch.full_like(self.down, math.inf))
+
+    @functools.cached_property
+    def xy(self) -> torch.Tensor:
+        depth = torch.where(self._meets, self.plane_depth, torch.zeros_like(self.down))
+        return self._camera_xy + depth[..., None] * self._world_rays[..., :2]
+
+    @functools.cached_property
+    def footprint(self) -> torch.Tensor:
+        # A pixel's patch of floor: its solid angle (spacing² cos³ of the off-axis angle, on the z = 1 image
+        # plane) times distance² over the cosine of incidence; with distance = depth · |ray| and cos = 1/|ray| off
+        # axis that is (spacing · depth)² / (|ray| · incidence cosine). Its side is the footprint.
+        length = self._world_rays.norm(dim=-1)
+        incidence = (-self.down / length).clamp_min(1e-3)
+        return torch.where(self._meets, self.plane_depth * self._spacing / (length * incidence).sqrt(),
+                           torch.full_like(self.down, math.inf))
 
 
 def floor_geometry(rays: torch.Tensor, cam_to_world: np.ndarray, floor_height: float) -> FloorRays:
     """``FloorRays`` of a camera at ``cam_to_world`` over the floor plane ``z = floor_height`` (memory frame, z up);
     ``rays [H,W,3]``: camera-frame rays with z = 1 (``pixel_rays``) at the camera's intrinsics."""
     pose = torch.as_tensor(cam_to_world, dtype=torch.float32, device=rays.device)
-    world_rays = rays.float() @ pose[:3, :3].T
-    down = world_rays[..., 2]
-    height = float(cam_to_world[2, 3]) - floor_height
-    meets = (down < -1e-6) & (height > 0)
-    plane_depth = torch.where(meets, height / (-down).clamp_min(1e-6), torch.full_like(down, math.inf))
-    xy = pose[:2, 3] + torch.where(meets, plane_depth, torch.zeros_like(down))[..., None] * world_rays[..., :2]
-    # A pixel's patch of floor: its solid angle (spacing² cos³ of the off-axis angle, on the z = 1 image
-    # plane) times distance² over the cosine of incidence; with distance = depth · |ray| and cos = 1/|ray| off
-    # axis that is (spacing · depth)² / (|ray| · incidence cosine). Its side is the footprint.
     spacing = (rays[0, 1, 0] - rays[0, 0, 0]).abs().float()
-    length = world_rays.norm(dim=-1)
-    incidence = (-down / length).clamp_min(1e-3)
-    footprint = torch.where(meets, plane_depth * spacing / (length * incidence).sqrt(),
-                            torch.full_like(down, math.inf))
-    return FloorRays(down, plane_depth, xy, footprint, height)
+    return FloorRays(rays.float() @ pose[:3, :3].T, pose[:2, 3], spacing, float(cam_to_world[2, 3]) - floor_height)
 
 
 def clamp_to_floor(depth: torch.Tensor, floor: FloorRays, snap: float = FLOOR_SNAP) -> torch.Tensor:
