@@ -132,11 +132,42 @@ def test_capacity_drops_the_least_recently_written_cells() -> None:
     assert bool((ground.keys[1:] > ground.keys[:-1]).all())  # still sorted for lookups
 
 
+def test_reads_follow_the_view_and_see_every_write() -> None:
+    ground = GroundTexture()
+    write(ground, looking_down())
+    colors, known, xy = render(ground, looking_down())
+    assert bool(known.all()) and torch.allclose(colors[:, 10, 10], torch.tensor(RED))
+    write(ground, looking_down(x=6.0), solid(GREEN))  # far from the window the first read was cut around
+    colors, known, _ = render(ground, looking_down(x=6.0))
+    assert bool(known.all()) and torch.allclose(colors, solid(GREEN))
+    write(ground, looking_down(x=6.0), solid(BLUE))  # the same place again: the next read shows the fused colour
+    assert torch.allclose(render(ground, looking_down(x=6.0))[0][:, 32, 32], torch.tensor([0.0, 0.5, 0.5]), atol=1 / 255)
+    colors, known, xy = render(ground, looking_down())  # back where it started
+    assert bool(known.all()) and torch.allclose(colors[:, 10, 10], torch.tensor(RED))
+    other = GroundTexture()
+    other.load_state(*GroundTexture().state())  # a loaded texture replaces what was read before
+    ground.load_state(*other.state())
+    assert not bool(render(ground, looking_down())[1].any())
+
+
+def test_floor_beyond_the_read_window_is_not_painted() -> None:
+    ground = GroundTexture(GroundTextureConfig(levels=1, clipmap_size=8))  # a window of 8 cells of 4 cm
+    write(ground, looking_down())  # 1 m of floor across
+    colors, known, xy = render(ground, looking_down())
+    assert 0 < int(known.sum()) < known.numel()
+    shown = xy[known]
+    assert bool(((shown.amax(0) - shown.amin(0)) <= 8 * 0.04 + 1e-6).all())
+    clear = known & (xy[..., 0].abs() > 0.04)  # away from where red meets blue
+    assert bool(clear.any()) and torch.allclose(colors[:, clear], split_floor(xy)[:, clear], atol=1e-6)
+
+
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError):
         GroundTextureConfig(cell_size=0.0)
     with pytest.raises(ValueError):
         GroundTextureConfig(levels=0)
+    with pytest.raises(ValueError):
+        GroundTextureConfig(clipmap_size=2)
 
 
 def test_a_saved_memory_keeps_its_ground_texture_and_older_files_load_without_one(tmp_path) -> None:

@@ -10,14 +10,14 @@ pixels, painted back exactly where a new view's depth lies on the floor. Walls, 
 the latent memory, where they come back as well as explicit points do.
 
 Cells are kept at several sizes (``cell_size`` times 1, 2, 4, ...: a mip pyramid, sparse): a pixel writes
-each level whose cells are at least about its footprint on the floor, and a view reads, per pixel (on 2x2-pixel
-blocks, upsampled), the finest level at least its own footprint that holds the place, else the next coarser one
-(floor seen only from afar comes back at the resolution it was seen at, not as holes), interpolated bilinearly
-between that level's cells. Only observations are written (running mean, weight capped at ``max_weight`` so
-lighting that changes still shows): the model's own frames are not. Written frame by frame, imagined floor was
-locked in each frame's shade, and a turn through unseen space left stripes of them on the floor (model card); the
-tokens keep imagined floor as before, soft but of a piece. Bounded: past ``capacity`` cells, the least recently
-written are dropped (down to nine tenths of it).
+each level whose cells are at least about its footprint on the floor, and a view reads, per pixel, the finest
+level at least its own footprint that holds the place, else the next coarser one (floor seen only from afar comes
+back at the resolution it was seen at, not as holes), interpolated bilinearly between that level's cells, from
+dense windows of the levels around the view (``Clipmap``). Only observations are written (running mean, weight
+capped at ``max_weight`` so lighting that changes still shows): the model's own frames are not. Written frame
+by frame, imagined floor was locked in each frame's shade, and a turn through unseen space left stripes of them
+on the floor (model card); the tokens keep imagined floor as before, soft but of a piece. Bounded: past
+``capacity`` cells, the least recently written are dropped (down to nine tenths of it).
 """
 
 from __future__ import annotations
@@ -51,16 +51,19 @@ FIELDS = ("keys", "colors", "weights", "areas", "last_written")
 class GroundTextureConfig:
     """``cell_size``: metres of the finest cells; ``levels``: pyramid levels, each twice the previous
     cell size; ``capacity``: cells kept at most over all levels; ``max_weight``: cap of a cell's fused
-    observation weight (a new observation always has at least ``1 / (max_weight + 1)`` influence)."""
+    observation weight (a new observation always has at least ``1 / (max_weight + 1)`` influence);
+    ``clipmap_size``: cells across each level's window of the ``Clipmap`` a view reads from (128: 5 m of
+    4 cm cells, 41 m of the 32 cm ones)."""
 
     cell_size: float = 0.04
     levels: int = 4
     capacity: int = 1_000_000
     max_weight: float = 8.0
+    clipmap_size: int = 128
 
     def __post_init__(self) -> None:
         if not (0 < self.cell_size < 10 and 1 <= self.levels <= 16 and self.capacity >= 1
-                and 1 <= self.max_weight <= 254):
+                and 1 <= self.max_weight <= 254 and 8 <= self.clipmap_size <= 4096):
             raise ValueError(f"invalid ground texture config {self}")
 
 
@@ -119,6 +122,7 @@ class GroundTexture:
         self.areas = torch.zeros(0, dtype=torch.uint8, device=self.device)
         self.last_written = torch.zeros(0, dtype=torch.int32, device=self.device)
         self.write_count = 0
+        self._clipmap: Clipmap | None = None  # cut on the next read
 
     def __len__(self) -> int:
         return int(self.keys.numel())
@@ -188,7 +192,7 @@ class GroundTexture:
         texture wherever it holds their place: the floor's colours as observed, exactly where they lie. The rest
         of the floor, drawn by the model, is shaded into the painted floor beside it (``seam_correction``)."""
         on_floor = on_plane(depth, floor.plane_depth)
-        colors, known = self._render_half(floor, on_floor)
+        colors, known = self.render(floor.xy, floor.footprint, on_floor)
         drawn = on_floor & ~known
         if bool(known.any()) and bool(drawn.any()):
             rgb = torch.where(drawn, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
@@ -197,6 +201,7 @@ class GroundTexture:
     def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor) -> None:
         """Fold a write's cells (sorted unique ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
         self.write_count += 1
+        self._clipmap = None
         colors, areas = (colors * 255).round(), (areas * 255).round()
         index = torch.searchsorted(self.keys, keys).clamp_max(max(len(self) - 1, 0))
         known = (self.keys[index] == keys) if len(self) else torch.zeros_like(keys, dtype=torch.bool)
@@ -239,56 +244,42 @@ class GroundTexture:
         at the pixels ``where [H,W]``: per pixel, the finest level at least its ``footprint`` that holds
         the place, else the next coarser one whose cell was mostly shown (``MIN_SHOWN_AREA``), interpolated
         bilinearly between that level's cells around the point (the known ones), so floor seen closer than
-        it was shown comes back smooth, not as squares of one colour."""
+        it was shown comes back smooth, not as squares of one colour. Read from the ``Clipmap`` around the
+        view's nearest floor point: a handful of whole-image operations, whatever the number of cells."""
         height, width = where.shape
-        colors = torch.zeros((height * width, 3), device=self.device)
-        known = torch.zeros(height * width, dtype=torch.bool, device=self.device)
-        wanted = (where & torch.isfinite(footprint)).reshape(-1)
-        if len(self) and bool(wanted.any()):
-            points = xy.reshape(-1, 2)[wanted]
-            finest = self._finest_level(footprint.reshape(-1)[wanted])
-            levels = torch.arange(self.config.levels, device=self.device)[:, None]            # [L,1]
-            index, hit = self._find(self._keys(points, levels))                                # [L,n]
-            hit &= (levels == finest) | ((levels > finest) & (self.areas[index] >= MIN_SHOWN_AREA * 255))
-            level = torch.full_like(finest, -1)
-            for candidate in reversed(range(self.config.levels)):                            # the finest hit wins
-                level = torch.where(hit[candidate], candidate, level)
-            found = level >= 0
-            colors[wanted.nonzero().squeeze(1)[found]] = self._bilinear(points[found], level[found])
-            known[wanted] = found
-        return colors.reshape(height, width, 3).permute(2, 0, 1), known.reshape(height, width)
+        wanted = where & torch.isfinite(footprint)
+        if not len(self) or not bool(wanted.any()):
+            return torch.zeros((3, height, width), device=self.device), torch.zeros_like(wanted)
+        clipmap = self._clipmap_for(xy, footprint, wanted)
+        finest = self._finest_level(footprint)
+        grid = clipmap.grid(xy)                                                               # [L,H,W,2]
+        own = F.grid_sample(clipmap.flags, grid, mode="nearest", align_corners=True)          # [L,2,H,W]
+        levels = torch.arange(self.config.levels, device=self.device)[:, None, None]
+        usable = (own[:, 0] > 0) & ((levels == finest) | ((levels > finest) & (own[:, 1] > 0))) & wanted
+        level = torch.zeros_like(finest)
+        for candidate in reversed(range(1, self.config.levels)):  # the finest usable level wins (a loop: a
+            level = torch.where(usable[candidate], candidate, level)  # reduction over levels is slower)
+        level = torch.where(usable[0], 0, level)
+        mixed = F.grid_sample(clipmap.texels, clipmap.stacked_grid(xy, level), align_corners=True)[0]
+        known = usable.any(0)
+        return torch.where(known, mixed[:3] / mixed[3].clamp_min(1e-6), 0.0), known
 
-    def _render_half(self, floor: FloorRays, on_floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``render`` on a grid of 2x2-pixel blocks (their floor points and footprints), upsampled bilinearly:
-        the floor's colours change slowly, and a quarter of the lookups keeps the paint a few milliseconds
-        cheaper a step. A pixel counts as known where every block it is interpolated from is."""
-        height, width = on_floor.shape
-        if height % 2 or width % 2:
-            return self.render(floor.xy, floor.footprint, on_floor)
-        xy = F.avg_pool2d(floor.xy.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
-        footprint = F.avg_pool2d(floor.footprint[None, None], 2)[0, 0] * 2
-        wanted = F.avg_pool2d(on_floor[None, None].float(), 2)[0, 0] > 0
-        colors, known = self.render(xy, footprint, wanted)
-        colors = F.interpolate(colors[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
-        known = F.interpolate(known[None, None].float(), scale_factor=2, mode="bilinear", align_corners=False)[0, 0]
-        return colors, known > 0.999
+    def _clipmap_for(self, xy: torch.Tensor, footprint: torch.Tensor, wanted: torch.Tensor) -> "Clipmap":
+        """The clipmap to read ``xy`` from: the last one while the cells are unchanged and the view's nearest floor
+        point (smallest footprint) stays within an eighth of its window of the centre it was cut around, else
+        a new one cut around that point."""
+        nearest = torch.where(wanted, footprint, torch.inf).reshape(-1).argmin()
+        centre = xy.reshape(-1, 2)[nearest]
+        clipmap = self._clipmap
+        if clipmap is None or float((centre - clipmap.centre).abs().max()) > clipmap.recentre_distance:
+            clipmap = self._clipmap = Clipmap.cut(self, centre)
+        return clipmap
 
-    def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each key's row in the texture and whether it is there."""
-        index = torch.searchsorted(self.keys, keys).clamp_max(len(self) - 1)
-        return index, self.keys[index] == keys
-
-    def _bilinear(self, points: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """``[n,3]`` colours at ``points [n,2]``, each interpolated between the four cells of its ``level``
-        whose centres surround it (those the texture holds; the point's own cell always is)."""
-        grid = points / self._cell_size(level)[:, None] - 0.5       # in cells, from the centre of cell 0
-        base = torch.floor(grid)
-        fraction = grid - base
-        corners = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=self.device)[:, None]     # [4,1,2]
-        index, hit = self._find(_pack(base.long() + corners, level))                              # [4,n]
-        weights = torch.where(corners.bool(), fraction, 1 - fraction).prod(-1) * hit                 # [4,n]
-        total = (weights[..., None] * self.colors[index].float()).sum(0)
-        return total / weights.sum(0).clamp_min(1e-6)[:, None] / 255
+    def cells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's level ``[N]`` and integer coordinates ``[N,2]`` (decoded from its key)."""
+        mask = (1 << _BITS) - 1
+        coordinates = torch.stack([(self.keys >> _BITS) & mask, self.keys & mask], dim=1) - _OFFSET
+        return self.keys >> (2 * _BITS), coordinates
 
     # ------------------------------------------------------------------ files
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -322,4 +313,68 @@ class GroundTexture:
             value = state[name].to(self.device)
             setattr(self, name, value)
         self.write_count = write_count
+        self._clipmap = None
 
+
+
+class Clipmap:
+    """Dense copies of every level's cells in a window of ``clipmap_size`` cells around one floor point, what
+    ``GroundTexture.render`` reads: the windows of a mip pyramid centred on the viewer (a clipmap, as terrain
+    renderers use). A view looks its pixels up in all levels at once with two ``grid_sample`` calls instead
+    of searching the sorted cells pixel by pixel and level by level (five times the time, most of it spent
+    dispatching small operations). A window spans ``clipmap_size`` cells of its level, so fine levels,
+    read only near the camera, need little of it; floor beyond the coarsest level's window (20 m with the
+    defaults) is not painted. Cut anew when the cells change or the view moves on (``_clipmap_for``);
+    the cells themselves stay what the texture keeps and saves."""
+
+    def __init__(self, centre: torch.Tensor, origin: torch.Tensor, cell_sizes: torch.Tensor, flags: torch.Tensor,
+                 texels: torch.Tensor) -> None:
+        self.centre = centre
+        self.flags = flags    # [L,2,W,W]: a cell is held; it was mostly shown (MIN_SHOWN_AREA)
+        self.texels = texels  # [1,4,L*(W+1),W]: colour times held, held; levels stacked, a zero row between
+        size, rows = flags.shape[-1], texels.shape[2]
+        self.recentre_distance = size / 8 * float(cell_sizes[0])
+        # grid_sample coordinates are affine in the floor point, per level: cell centres at the integers of the
+        # level's window (align_corners=True: bilinear weights are those of the four cells whose centres surround
+        # a point, the nearest centre is the cell holding it), [-1, 1] across the window, or, in the stack,
+        # across all the levels' rows (level l's row 0 is row l * (W + 1)).
+        cells = torch.stack([torch.zeros_like(cell_sizes), torch.arange(len(cell_sizes), device=cell_sizes.device)
+                             * (size + 1.0)], dim=1) - origin - 0.5                   # [L,2] in cells, + p / s
+        span = torch.tensor([size - 1.0, size - 1.0], device=cell_sizes.device) / 2
+        stacked_span = torch.tensor([size - 1.0, rows - 1.0], device=cell_sizes.device) / 2
+        self.scale = 1 / (cell_sizes[:, None] * span)
+        self.shift = (-origin - 0.5) / span - 1
+        self.stacked_scale = 1 / (cell_sizes[:, None] * stacked_span)
+        self.stacked_shift = cells / stacked_span - 1
+
+    @classmethod
+    def cut(cls, texture: GroundTexture, centre: torch.Tensor) -> "Clipmap":
+        """The windows of ``texture``'s levels centred on the floor point ``centre [2]``."""
+        size, count = texture.config.clipmap_size, texture.config.levels
+        device = texture.device
+        cell_sizes = texture._cell_size(torch.arange(count, device=device))
+        origin = torch.floor(centre / cell_sizes[:, None]).long() - size // 2                 # [L,2]
+        levels, cells = texture.cells()
+        offset = cells - origin[levels]
+        inside = ((offset >= 0) & (offset < size)).all(1)
+        levels, offset = levels[inside], offset[inside]
+        colors = texture.colors[inside].float().T / 255
+        flags = torch.zeros((2, count * size * size), device=device)
+        at = (levels * size + offset[:, 1]) * size + offset[:, 0]
+        flags[0, at] = 1.0
+        flags[1, at] = (texture.areas[inside] >= MIN_SHOWN_AREA * 255).float()
+        texels = torch.zeros((4, count * (size + 1) * size), device=device)
+        at = (levels * (size + 1) + offset[:, 1]) * size + offset[:, 0]
+        texels[:3, at] = colors
+        texels[3, at] = 1.0
+        return cls(centre.clone(), origin.float(), cell_sizes.float(),
+                   flags.reshape(2, count, size, size).permute(1, 0, 2, 3).contiguous(),
+                   texels.reshape(1, 4, count * (size + 1), size))
+
+    def grid(self, xy: torch.Tensor) -> torch.Tensor:
+        """``grid_sample`` coordinates ``[L,H,W,2]`` of the floor points ``xy [H,W,2]`` in each level's window."""
+        return torch.addcmul(self.shift[:, None, None, :], xy[None], self.scale[:, None, None, :])
+
+    def stacked_grid(self, xy: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``[1,H,W,2]``: the floor points ``xy [H,W,2]`` in their ``level [H,W]``'s slab of ``texels``."""
+        return torch.addcmul(self.stacked_shift[level], xy, self.stacked_scale[level])[None]
