@@ -103,7 +103,7 @@ def main() -> int:
          "features": torch.randn(count, 8, generator=generator).half(),
          "view_depths": torch.full((count,), 2.0, dtype=torch.float16),
          "weights": torch.ones(count), "extents": torch.full((count,), 0.1),
-         "last_seen": torch.zeros(count, dtype=torch.long), "observed": torch.ones(count, dtype=torch.float16)},
+         "last_seen": torch.zeros(count, dtype=torch.int32), "observed": torch.ones(count, dtype=torch.float16)},
         LatentMemoryConfig(capacity=200_000))
     view = trajectory.cam_to_world[0].copy()
     view[:3, 3] = (10.0, 10.0, 1.0)
@@ -118,6 +118,8 @@ def main() -> int:
     print(f"cache size after {args.steps} steps: latent {lat_final / 2**20:.3f} MiB (tokens {(lat_final - ground) / 2**20:.3f}, "
           f"ground texture {ground / 2**20:.3f} in {len(latent_memory.ground)} cells), explicit {exp_final / 2**20:.2f} MiB "
           f"-> explicit / latent = {exp_final / lat_final:.1f}x (target >= 55x)")
+    print(f"the ground texture's read cache (its clipmap: a fixed size, rebuilt from the cells on demand, not counted "
+          f"above): {latent_memory.ground.cache_nbytes / 2**20:.2f} MiB")
     print(f"read path: latent read {1000 * latent_path:.2f} ms vs explicit render + encode {1000 * explicit_path:.2f} ms "
           f"-> {explicit_path / latent_path:.1f}x faster (target >= 10x)")
     print(f"read with {count} stored tokens: median {1000 * float(np.median(read_times)):.2f} ms (target <= 5 ms)")

@@ -4,9 +4,10 @@ the demo tour; its ``precision: auto`` is bfloat16 where the hardware runs it na
 first two write identical bags.
 
     .venv/bin/python benchmarks/rollout_benchmark.py [--duration 30] [--repeats 1] [--device cuda] \
-        [--compare-to OTHER_MODEL_DIR]
+        [--compare-to OTHER_MODEL_DIR] [--compare-without-ground-texture]
 
-``--compare-to`` adds the traced bfloat16 rollout of another checkpoint, each repeat run right after the
+``--compare-to`` adds the traced bfloat16 rollout of another checkpoint, and ``--compare-without-ground-texture``
+that of the shipped model with the node's ``ground_texture`` parameter off, each repeat run right after the
 shipped model's, so both meet the same machine load (the tour is steered by what each model shows, so
 the two drive somewhat different paths: each line says how many denoiser calls its path took, the step's
 most variable cost).
@@ -33,9 +34,10 @@ from mirage_ros.simulator import build_world_model
 from mirage_ros.tour import Tour
 
 
-#: The shipped model's variants (name: precision, traced, model_path).
-SHIPPED = {"float32 traced": ("float32", True, ""), "float32 eager": ("float32", False, ""),
-           "bfloat16": ("bfloat16", True, "")}
+#: The shipped model's variants (name: the node parameters that differ from config/sim.yaml).
+SHIPPED = {"float32 traced": {"precision": "float32", "trace_networks": True},
+           "float32 eager": {"precision": "float32", "trace_networks": False},
+           "bfloat16": {"precision": "bfloat16", "trace_networks": True}}
 
 
 def main() -> int:
@@ -44,6 +46,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="rollouts per precision (the best is reported)")
     parser.add_argument("--device", default="cpu", help="the node's device parameter (cpu, cuda, cuda:1...)")
     parser.add_argument("--compare-to", type=Path, default=None, help="another checkpoint directory to time beside it")
+    parser.add_argument("--compare-without-ground-texture", action="store_true",
+                        help="time the shipped model with the ground_texture parameter off beside it")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
@@ -53,16 +57,17 @@ def main() -> int:
     if args.compare_to is not None:
         if not (args.compare_to / "world_model.json").is_file():
             parser.error(f"--compare-to {args.compare_to}: not a checkpoint directory (no world_model.json)")
-        variants[f"bfloat16 {args.compare_to.name}"] = ("bfloat16", True, str(args.compare_to.resolve()))
+        variants[f"bfloat16 {args.compare_to.name}"] = {**SHIPPED["bfloat16"], "model_path": str(args.compare_to.resolve())}
         groups[-1].append(f"bfloat16 {args.compare_to.name}")
+    if args.compare_without_ground_texture:
+        variants["bfloat16 no ground texture"] = {**SHIPPED["bfloat16"], "ground_texture": False}
+        groups[-1].append("bfloat16 no ground texture")
     for group in groups:
         best = dict.fromkeys(group, float("inf"))
         for _ in range(args.repeats):
             for name in group:  # a compared checkpoint runs right after the shipped one, repeat by repeat
-                precision, trace, model_path = variants[name]
                 params = parameters_from_yaml(default_config(), NODE_NAME, PARAMETERS,
-                                              {"precision": precision, "trace_networks": trace, "device": args.device,
-                                               "model_path": model_path})
+                                              {**variants[name], "device": args.device})
                 steps = int(round(args.duration * params["rate"]))
                 with tempfile.TemporaryDirectory() as folder:
                     started = time.perf_counter()
@@ -81,8 +86,8 @@ def main() -> int:
     print(f"traced / eager float32 speed: {factors['float32 traced'] / factors['float32 eager']:.2f}x; bfloat16 / "
           f"traced float32: {factors['bfloat16'] / factors['float32 traced']:.2f}x; target >= 3x real time: "
           f"{'met' if max(factors[name] for name in SHIPPED) >= 3 else 'missed'}")
-    if args.compare_to is not None:
-        print(f"{args.compare_to.name} / shipped, bfloat16: {factors[groups[-1][1]] / factors['bfloat16']:.2f}x")
+    for name in groups[-1][1:]:
+        print(f"{name} / shipped bfloat16: {factors[name] / factors['bfloat16']:.2f}x")
     return 0
 
 

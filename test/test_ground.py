@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.ground import GroundTexture, GroundTextureConfig, on_plane
+from mirage_ros.memory.ground import FIELDS, TILE, GroundTexture, GroundTextureConfig, _pack, on_plane
 from mirage_ros.memory.projection import FloorRays, floor_geometry, pixel_rays
 
 SIZE = 64
@@ -126,7 +126,8 @@ def test_capacity_drops_the_least_recently_written_cells() -> None:
     ground = GroundTexture(GroundTextureConfig(capacity=1000))
     write(ground, looking_down(x=-5.0))
     write(ground, looking_down(x=5.0))
-    assert len(ground) == 900  # a tenth below the capacity, so that not every write evicts
+    # Down to a tenth below the capacity, so that not every write evicts; whole tiles of 16 cells go.
+    assert 900 - TILE * TILE < len(ground) <= 900
     assert not bool(render(ground, looking_down(x=-5.0))[1].any())
     assert bool(render(ground, looking_down(x=5.0))[1].any())
     assert bool((ground.keys[1:] > ground.keys[:-1]).all())  # still sorted for lookups
@@ -135,8 +136,11 @@ def test_capacity_drops_the_least_recently_written_cells() -> None:
 def test_reads_follow_the_view_and_see_every_write() -> None:
     ground = GroundTexture()
     write(ground, looking_down())
+    assert ground.cache_nbytes == 0
     colors, known, xy = render(ground, looking_down())
     assert bool(known.all()) and torch.allclose(colors[:, 10, 10], torch.tensor(RED))
+    levels, size = ground.config.levels, ground.config.clipmap_size  # a fixed-size read cache
+    assert ground.cache_nbytes == 4 * (levels * 2 * size * size + 4 * levels * (size + 1) * size)
     write(ground, looking_down(x=6.0), solid(GREEN))  # far from the window the first read was cut around
     colors, known, _ = render(ground, looking_down(x=6.0))
     assert bool(known.all()) and torch.allclose(colors, solid(GREEN))
@@ -177,7 +181,7 @@ def test_a_saved_memory_keeps_its_ground_texture_and_older_files_load_without_on
     memory.save(path)
     loaded = LatentSpatialMemory()
     loaded.load(path)
-    for name in ("keys", "colors", "weights", "areas", "last_written"):
+    for name in FIELDS:
         assert torch.equal(getattr(loaded.ground, name), getattr(memory.ground, name))
     assert loaded.stats().bytes == memory.stats().bytes > 0
 
@@ -200,6 +204,34 @@ def test_a_saved_memory_keeps_its_ground_texture_and_older_files_load_without_on
     assert without.ground is None
     without.load(path)  # a memory that keeps no ground texture ignores a saved one
     assert without.ground is None
+
+
+def test_a_format_4_file_with_its_texture_cell_by_cell_loads_into_tiles(tmp_path) -> None:
+    memory = LatentSpatialMemory()
+    write(memory.ground, looking_down())
+    write(memory.ground, looking_down(x=0.3, height=3.0))  # coarse cells too, some of them not mostly shown
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as reader:
+        metadata = reader.metadata()
+    # What format 4 (release v13) saved: one row per cell with its key, weight and shown area; int64 token reads.
+    levels, coordinates, colors, shown = memory.ground.cells()
+    keys = _pack(coordinates, levels)
+    order = torch.argsort(keys)
+    weights = memory.ground.states[memory.ground.states > 0] & 0x7F
+    cells = {"keys": keys, "colors": colors, "weights": weights, "areas": torch.where(shown, 240, 100).to(torch.uint8),
+             "last_written": torch.full_like(keys, 2, dtype=torch.int32)}
+    older = {name: value for name, value in tensors.items() if not name.startswith("ground.")}
+    older.update({f"ground.{name}": value[order].contiguous() for name, value in cells.items()})
+    older["last_seen"] = older["last_seen"].long()
+    save_file(older, str(tmp_path / "format4.safetensors"), metadata={**metadata, "format_version": "4"})
+    loaded = LatentSpatialMemory()
+    loaded.load(tmp_path / "format4.safetensors")
+    assert len(loaded.ground) == len(memory.ground) and loaded.ground.nbytes == memory.ground.nbytes
+    for pose in (looking_down(), looking_down(x=0.5, height=0.5), looking_down(x=0.3, height=3.0)):
+        assert all(torch.equal(a, b) for a, b in zip(render(loaded.ground, pose), render(memory.ground, pose)))
+    assert loaded.last_seen.dtype == torch.int32 and torch.equal(loaded.last_seen, memory.last_seen)
 
 
 def test_a_step_paints_the_floor_it_was_shown_and_remembers_what_it_draws() -> None:

@@ -703,7 +703,7 @@ def test_a_read_of_a_big_memory_is_the_same_without_its_first_culls():
                "features": torch.randn(count, 8, generator=generator).half(),
                "view_depths": torch.full((count,), 2.0, dtype=torch.float16), "weights": torch.ones(count),
                "extents": torch.rand(count, generator=generator) * 0.4 + 0.01,
-               "last_seen": torch.zeros(count, dtype=torch.long),
+               "last_seen": torch.zeros(count, dtype=torch.int32),
                "observed": (torch.rand(count, generator=generator) > 0.5).half()}
     pose = look_at((5.0, 5.0, 1.0), (9.0, 7.0, 1.2))
     reads, left_out = [], []

@@ -40,7 +40,10 @@ from mirage_ros.memory.projection import (NEAR_PLANE, MemoryRead, RayCache, Reme
                                           to_pixel_grid, to_world, zbuffer)
 from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, MemoryView, SupersampledRead
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
+#: Files of format 4 kept the ground texture cell by cell (converted to tiles on load) and each token's last
+#: read as int64 (int32 since), as formats 2 and 3 did.
+_FORMAT_INT64_READS = ("2", "3", "4")
 #: Files of format 3 had no ground texture; they load with an empty one.
 _FORMAT_WITHOUT_GROUND = "3"
 #: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
@@ -218,7 +221,7 @@ class LatentSpatialMemory:
                 "view_depths": torch.zeros(0, dtype=torch.float16, device=self.device),
                 "weights": torch.zeros(0, dtype=torch.float32, device=self.device),
                 "extents": torch.zeros(0, dtype=torch.float32, device=self.device),
-                "last_seen": torch.zeros(0, dtype=torch.long, device=self.device),
+                "last_seen": torch.zeros(0, dtype=torch.int32, device=self.device),  # a write count
                 "observed": torch.zeros(0, dtype=torch.float16, device=self.device)}
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -404,7 +407,7 @@ class LatentSpatialMemory:
             self.weights = torch.cat([self.weights, new_weights[fresh].float()])[order]
             self.extents = torch.cat([self.extents, new_extents[fresh].float()])[order]
             self.last_seen = torch.cat([self.last_seen, torch.full((int(fresh.sum()),), self.write_count,
-                                                                   dtype=torch.long, device=self.device)])[order]
+                                                                   dtype=torch.int32, device=self.device)])[order]
             self.observed = torch.cat([self.observed, torch.full((int(fresh.sum()),), observed,
                                                                  dtype=torch.float16, device=self.device)])[order]
         self._evict()
@@ -612,8 +615,12 @@ class LatentSpatialMemory:
             raise ValueError(f"{path}: not a LatentSpatialMemory file")
         if metadata.get("format_version") == _FORMAT_WITHOUT_PROVENANCE and "keys" in tensors:
             tensors["observed"] = torch.zeros(tensors["keys"].shape[:1], dtype=torch.float16)
-        elif metadata.get("format_version") not in (str(FORMAT_VERSION), _FORMAT_WITHOUT_GROUND):
+        elif metadata.get("format_version") not in (str(FORMAT_VERSION), *_FORMAT_INT64_READS):
             raise ValueError(f"{path}: format version {metadata.get('format_version')} is not {FORMAT_VERSION}")
+        last_seen = tensors.get("last_seen")
+        if (metadata.get("format_version") in _FORMAT_INT64_READS and isinstance(last_seen, torch.Tensor)
+                and last_seen.dtype == torch.int64):
+            tensors["last_seen"] = last_seen.clamp(0, torch.iinfo(torch.int32).max).to(torch.int32)
         try:
             saved = json.loads(metadata["config"])
             saved_channels, observations, write_count = (int(metadata[name]) for name in
