@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.ground import FIELDS, TILE, GroundTexture, GroundTextureConfig, _pack, on_plane
+from mirage_ros.memory.ground import FIELDS, TILE, GroundTexture, GroundTextureConfig, _pack, on_plane, opened
 from mirage_ros.memory.projection import FloorRays, floor_geometry, pixel_rays
 
 SIZE = 64
@@ -163,6 +163,17 @@ def test_floor_beyond_the_read_window_is_not_painted() -> None:
     assert bool(((shown.amax(0) - shown.amin(0)) <= 8 * 0.04 + 1e-6).all())
     clear = known & (xy[..., 0].abs() > 0.04)  # away from where red meets blue
     assert bool(clear.any()) and torch.allclose(colors[:, clear], split_floor(xy)[:, clear], atol=1e-6)
+
+
+def test_thin_strands_of_known_floor_are_left_to_the_model() -> None:
+    known = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    known[10:30, 10:30] = True          # a patch: kept whole, its border included
+    known[40, 5:60] = True              # a ray one pixel wide, and one two wide: dropped
+    known[50:52, 5:60] = True
+    known[5, 50] = True                 # a speck: dropped
+    expected = torch.zeros_like(known)
+    expected[10:30, 10:30] = True
+    assert torch.equal(opened(known), expected)
 
 
 def test_bad_config_is_rejected() -> None:

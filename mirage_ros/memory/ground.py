@@ -103,6 +103,15 @@ def interior(pixels: torch.Tensor) -> torch.Tensor:
     return inside > 1 - 1e-3
 
 
+def opened(pixels: torch.Tensor) -> torch.Tensor:
+    """The ``pixels [H,W]`` without their strands and specks under 3 pixels across (a morphological opening: the
+    ``interior``, grown back by a pixel within the set). Seen from another pose, the edge of the far floor a view
+    showed frays into thin rays of known pixels among unknown ones: painted, they streak the floor (``make run``
+    with ``start_views: 1``); left to the model, ``seam_correction`` shades them into the painted floor."""
+    grown = F.max_pool2d(interior(pixels)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    return pixels & grown
+
+
 def seam_correction(difference: torch.Tensor, known: torch.Tensor, sigma: float = SEAM_SIGMA) -> torch.Tensor:
     """``[3,H,W]``: the ``difference`` between the texture and the decoded frame on the ``known`` pixels, carried
     smoothly (normalised blur of about ``sigma`` pixels, on a 4x coarser grid: it only carries a shade) to the pixels
@@ -216,6 +225,7 @@ class GroundTexture:
         of the floor, drawn by the model, is shaded into the painted floor beside it (``seam_correction``)."""
         on_floor = on_plane(depth, floor.plane_depth)
         colors, known = self.render(floor.xy, floor.footprint, on_floor)
+        known = opened(known)
         drawn = on_floor & ~known
         if bool(known.any()) and bool(drawn.any()):
             rgb = torch.where(drawn, (rgb + seam_correction(colors - rgb, known)).clamp(0, 1), rgb)
