@@ -108,7 +108,8 @@ def opened(pixels: torch.Tensor) -> torch.Tensor:
     ``interior``, grown back by a pixel within the set). Seen from another pose, the edge of the far floor a view
     showed frays into thin rays of known pixels among unknown ones: painted, they streak the floor (``make run``
     with ``start_views: 1``); left to the model, ``seam_correction`` shades them into the painted floor."""
-    grown = F.max_pool2d(interior(pixels)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    grown = F.avg_pool2d(interior(pixels)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0  # (max_pool2d: 5x
+    # the time on a CPU)
     return pixels & grown
 
 
@@ -234,7 +235,6 @@ class GroundTexture:
     def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor) -> None:
         """Fold a write's cells (sorted unique cell ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
         self.write_count += 1
-        self._clipmap = None
         levels, cells = _unpack(keys)
         tiles, inverse = torch.unique(_pack(torch.div(cells, TILE, rounding_mode="floor"), levels), sorted=True,
                                       return_inverse=True)
@@ -245,10 +245,14 @@ class GroundTexture:
         prior = (state & _WEIGHT_BITS).float().clamp_max(self.config.max_weight)  # 0 for a cell not held yet
         fused = (self.colors[row, cell].float() * prior[:, None] + (colors * 255).round()) / (prior + 1)[:, None]
         shown = ((areas * 255).round() >= MIN_SHOWN_AREA * 255) | (state >= _SHOWN_BIT)
-        self.colors[row, cell] = fused.round().to(torch.uint8)
+        fused = fused.round().to(torch.uint8)
+        self.colors[row, cell] = fused
         self.states[row, cell] = (prior + 1).to(torch.uint8) | (shown.to(torch.uint8) * _SHOWN_BIT)
         self.last_written[row] = self.write_count
+        if self._clipmap is not None:
+            self._clipmap.paste(levels, cells, fused, shown)
         if len(self) > self.config.capacity:  # drop the least recently written (a tenth more: not every write)
+            self._clipmap = None
             recent = torch.argsort(self.last_written, descending=True, stable=True)
             held = (self.states[recent] > 0).sum(1).cumsum(0)
             keep = torch.sort(recent[held <= int(0.9 * self.config.capacity)]).values  # keys stay sorted
@@ -308,9 +312,8 @@ class GroundTexture:
         return torch.where(known, mixed[:3] / mixed[3].clamp_min(1e-6), 0.0), known
 
     def _clipmap_for(self, xy: torch.Tensor, footprint: torch.Tensor, wanted: torch.Tensor) -> "Clipmap":
-        """The clipmap to read ``xy`` from: the last one while the cells are unchanged and the view's nearest floor
-        point (smallest footprint) stays within an eighth of its window of the centre it was cut around, else
-        a new one cut around that point."""
+        """The clipmap to read ``xy`` from: the last one while the view's nearest floor point (smallest footprint)
+        stays within an eighth of its window of the centre it was cut around, else a new one cut around that point."""
         nearest = torch.where(wanted, footprint, torch.inf).reshape(-1).argmin()
         centre = xy.reshape(-1, 2)[nearest]
         clipmap = self._clipmap
@@ -398,56 +401,55 @@ class Clipmap:
     of searching the sorted cells pixel by pixel and level by level: release v13 searched, on 2x2-pixel blocks
     to afford it, and its paint took longer for a quarter of the lookups (1.9 against 1.2 ms here). A window
     spans ``clipmap_size`` cells of its level, so fine levels, read only near the camera, need little of it;
-    floor beyond the coarsest level's window (20 m with the defaults) is not painted. Cut anew when the cells
-    change or the view moves on (``_clipmap_for``; about 1 ms); the cells themselves stay what the texture keeps
-    and saves. A read cache, not memory: 1.5 MiB with the defaults, whatever the texture holds."""
+    floor beyond the coarsest level's window (20 m with the defaults) is not painted. Cut anew when the view
+    moves on or tiles are dropped (``_clipmap_for``; about 1 ms); a write pastes the cells it changes. The cells
+    themselves stay what the texture keeps and saves. A read cache, not memory: 1.5 MiB with the defaults,
+    whatever the texture holds."""
 
-    def __init__(self, centre: torch.Tensor, origin: torch.Tensor, cell_sizes: torch.Tensor, flags: torch.Tensor,
-                 texels: torch.Tensor) -> None:
-        self.centre = centre
-        self.flags = flags    # [L,2,W,W]: a cell is held; it was mostly shown (MIN_SHOWN_AREA)
-        self.texels = texels  # [1,4,L*(W+1),W]: colour times held, held; levels stacked, a zero row between
-        size, rows = flags.shape[-1], texels.shape[2]
-        self.recentre_distance = size / 8 * float(cell_sizes[0])
+    def __init__(self, centre: torch.Tensor, cell_sizes: torch.Tensor, size: int) -> None:
+        """Empty windows of ``size`` cells of each level (``cell_sizes [L]``) centred on the floor point ``centre``."""
+        count, device = len(cell_sizes), cell_sizes.device
+        self.centre, self.size = centre.clone(), size
+        self.origin = torch.floor(centre / cell_sizes[:, None]).long() - size // 2       # [L,2]: each window's cell 0
+        self.flags = torch.zeros((count, 2, size, size), device=device)  # a cell is held; it was mostly shown
+        self.texels = torch.zeros((1, 4, count * (size + 1), size), device=device)  # colour times held, held;
+        self.recentre_distance = size / 8 * float(cell_sizes[0])  # levels stacked, a zero row between them
         # grid_sample coordinates are affine in the floor point, per level: cell centres at the integers of the
         # level's window (align_corners=True: bilinear weights are those of the four cells whose centres surround
         # a point, the nearest centre is the cell holding it), [-1, 1] across the window, or, in the stack,
         # across all the levels' rows (level l's row 0 is row l * (W + 1)).
-        cells = torch.stack([torch.zeros_like(cell_sizes), torch.arange(len(cell_sizes), device=cell_sizes.device)
-                             * (size + 1.0)], dim=1) - origin - 0.5                   # [L,2] in cells, + p / s
-        span = torch.tensor([size - 1.0, size - 1.0], device=cell_sizes.device) / 2
-        stacked_span = torch.tensor([size - 1.0, rows - 1.0], device=cell_sizes.device) / 2
-        self.scale = 1 / (cell_sizes[:, None] * span)
+        origin = self.origin.float()
+        cells = torch.stack([torch.zeros(count, device=device), torch.arange(count, device=device) * (size + 1.0)],
+                            dim=1) - origin - 0.5                                        # [L,2] in cells, + p / s
+        span = torch.tensor([size - 1.0, size - 1.0], device=device) / 2
+        stacked_span = torch.tensor([size - 1.0, self.texels.shape[2] - 1.0], device=device) / 2
+        self.scale = 1 / (cell_sizes[:, None].float() * span)
         self.shift = (-origin - 0.5) / span - 1
-        self.stacked_scale = 1 / (cell_sizes[:, None] * stacked_span)
+        self.stacked_scale = 1 / (cell_sizes[:, None].float() * stacked_span)
         self.stacked_shift = cells / stacked_span - 1
 
     @classmethod
     def cut(cls, texture: GroundTexture, centre: torch.Tensor) -> "Clipmap":
         """The windows of ``texture``'s levels centred on the floor point ``centre [2]``."""
-        size, count = texture.config.clipmap_size, texture.config.levels
-        device = texture.device
-        cell_sizes = texture._cell_size(torch.arange(count, device=device))
-        origin = torch.floor(centre / cell_sizes[:, None]).long() - size // 2                 # [L,2]
+        clipmap = cls(centre, texture._cell_size(torch.arange(texture.config.levels, device=texture.device)),
+                      texture.config.clipmap_size)
         tile_levels, corners = _unpack(texture.keys)
-        first = corners * TILE - origin[tile_levels]                     # each tile's first cell in its window
-        overlapping = ((first > -TILE) & (first < size)).all(1)
-        levels, cells, colors, shown = texture.cells(torch.nonzero(overlapping).squeeze(1))
-        offset = cells - origin[levels]
-        inside = ((offset >= 0) & (offset < size)).all(1)
-        levels, offset = levels[inside], offset[inside]
-        colors = colors[inside].float().T / 255
-        flags = torch.zeros((2, count * size * size), device=device)
-        at = (levels * size + offset[:, 1]) * size + offset[:, 0]
-        flags[0, at] = 1.0
-        flags[1, at] = shown[inside].float()
-        texels = torch.zeros((4, count * (size + 1) * size), device=device)
-        at = (levels * (size + 1) + offset[:, 1]) * size + offset[:, 0]
-        texels[:3, at] = colors
-        texels[3, at] = 1.0
-        return cls(centre.clone(), origin.float(), cell_sizes.float(),
-                   flags.reshape(2, count, size, size).permute(1, 0, 2, 3).contiguous(),
-                   texels.reshape(1, 4, count * (size + 1), size))
+        first = corners * TILE - clipmap.origin[tile_levels]             # each tile's first cell in its window
+        overlapping = ((first > -TILE) & (first < clipmap.size)).all(1)
+        clipmap.paste(*texture.cells(torch.nonzero(overlapping).squeeze(1)))
+        return clipmap
+
+    def paste(self, levels: torch.Tensor, cells: torch.Tensor, colors: torch.Tensor, shown: torch.Tensor) -> None:
+        """Copy held cells (``GroundTexture.cells``: levels, coordinates, colours, mostly shown) into the windows
+        they fall in; a write pastes the cells it changed, so the next read need not cut anew."""
+        offset = cells - self.origin[levels]
+        inside = ((offset >= 0) & (offset < self.size)).all(1)
+        levels, x, y = levels[inside], offset[inside, 0], offset[inside, 1]
+        self.flags[levels, 0, y, x] = 1.0
+        self.flags[levels, 1, y, x] = shown[inside].float()
+        rows, texels = levels * (self.size + 1) + y, self.texels[0]
+        texels[:3, rows, x] = colors[inside].float().T / 255
+        texels[3, rows, x] = 1.0
 
     def grid(self, xy: torch.Tensor) -> torch.Tensor:
         """``grid_sample`` coordinates ``[L,H,W,2]`` of the floor points ``xy [H,W,2]`` in each level's window."""
