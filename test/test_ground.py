@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.ground import FIELDS, TILE, GroundTexture, GroundTextureConfig, _pack, on_plane, opened
+from mirage_ros.memory.ground import (FIELDS, TILE, Clipmap, GroundTexture, GroundTextureConfig, _pack, on_plane,
+                                      opened)
 from mirage_ros.memory.projection import FloorRays, floor_geometry, pixel_rays
 
 SIZE = 64
@@ -152,6 +153,17 @@ def test_reads_follow_the_view_and_see_every_write() -> None:
     other.load_state(*GroundTexture().state())  # a loaded texture replaces what was read before
     ground.load_state(*other.state())
     assert not bool(render(ground, looking_down())[1].any())
+
+
+def test_writes_paste_into_the_read_window_what_a_new_cut_would_hold() -> None:
+    ground = GroundTexture()
+    write(ground, looking_down())
+    render(ground, looking_down())  # the window is cut here; the writes below paste into it
+    write(ground, looking_down(x=0.3, height=2.0), solid(GREEN))  # fuses with cells held, adds new ones
+    write(ground, looking_down(x=-0.2, height=0.5), solid(BLUE))
+    pasted = ground._clipmap
+    fresh = Clipmap.cut(ground, pasted.centre)
+    assert torch.equal(pasted.flags, fresh.flags) and torch.equal(pasted.texels, fresh.texels)
 
 
 def test_floor_beyond_the_read_window_is_not_painted() -> None:
