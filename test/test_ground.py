@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mirage_ros.memory import LatentMemoryConfig, LatentSpatialMemory
-from mirage_ros.memory.ground import (FIELDS, TILE, Clipmap, GroundTexture, GroundTextureConfig, _pack, on_plane,
-                                      opened)
+from mirage_ros.memory.ground import (FIELDS, TILE, Clipmap, GroundTexture, GroundTextureConfig, on_plane,
+                                      opened, pack_keys)
 from mirage_ros.memory.projection import FloorRays, floor_geometry, pixel_rays
 
 SIZE = 64
@@ -161,7 +161,7 @@ def test_writes_paste_into_the_read_window_what_a_new_cut_would_hold() -> None:
     render(ground, looking_down())  # the window is cut here; the writes below paste into it
     write(ground, looking_down(x=0.3, height=2.0), solid(GREEN))  # fuses with cells held, adds new ones
     write(ground, looking_down(x=-0.2, height=0.5), solid(BLUE))
-    pasted = ground._clipmap
+    pasted = ground.clipmap
     fresh = Clipmap.cut(ground, pasted.centre)
     assert torch.equal(pasted.flags, fresh.flags) and torch.equal(pasted.texels, fresh.texels)
 
@@ -240,7 +240,7 @@ def test_a_format_4_file_with_its_texture_cell_by_cell_loads_into_tiles(tmp_path
         metadata = reader.metadata()
     # What format 4 (release v13) saved: one row per cell with its key, weight and shown area; int64 token reads.
     levels, coordinates, colors, shown = memory.ground.cells()
-    keys = _pack(coordinates, levels)
+    keys = pack_keys(coordinates, levels)
     order = torch.argsort(keys)
     weights = memory.ground.states[memory.ground.states > 0] & 0x7F
     cells = {"keys": keys, "colors": colors, "weights": weights, "areas": torch.where(shown, 240, 100).to(torch.uint8),

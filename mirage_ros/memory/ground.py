@@ -83,14 +83,14 @@ def on_plane(depth: torch.Tensor, plane_depth: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(plane_depth) & ((depth - plane_depth).abs() <= 1e-3 * plane_depth)
 
 
-def _pack(cells: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+def pack_keys(cells: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
     """One int64 key per cell (or tile) ``[..., 2]`` (integer coordinates) of a ``level``."""
     cells = (cells + _OFFSET).clamp(0, (1 << _BITS) - 1)  # beyond +-5 000 km everything shares the border cells
     return (level << (2 * _BITS)) | (cells[..., 0] << _BITS) | cells[..., 1]
 
 
-def _unpack(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The levels ``[N]`` and integer coordinates ``[N,2]`` of ``_pack``'s keys."""
+def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The levels ``[N]`` and integer coordinates ``[N,2]`` of ``pack_keys``'s keys."""
     mask = (1 << _BITS) - 1
     return keys >> (2 * _BITS), torch.stack([(keys >> _BITS) & mask, keys & mask], dim=1) - _OFFSET
 
@@ -159,9 +159,14 @@ class GroundTexture:
         return sum(getattr(self, name).element_size() * getattr(self, name).numel() for name in FIELDS)
 
     @property
+    def clipmap(self) -> Clipmap | None:
+        """The read cache held now (``None`` before the first read, or after tiles were dropped): rebuilt from the
+        cells on demand, not part of what the texture keeps or saves."""
+        return self._clipmap
+
+    @property
     def cache_nbytes(self) -> int:
-        """Bytes of the read cache held now (the ``Clipmap``): rebuilt from the cells on demand, not part of what
-        the texture keeps or saves."""
+        """Bytes of the read cache held now (``clipmap``)."""
         clipmap = self._clipmap
         return 0 if clipmap is None else sum(t.element_size() * t.numel() for t in (clipmap.flags, clipmap.texels))
 
@@ -175,7 +180,7 @@ class GroundTexture:
         size = self._cell_size(level)
         if isinstance(size, torch.Tensor):
             size = size[..., None]
-        return _pack(torch.floor(xy / size).long(), level)
+        return pack_keys(torch.floor(xy / size).long(), level)
 
     def _finest_level(self, footprint: torch.Tensor) -> torch.Tensor:
         """Per pixel, the finest level whose cells are at least about the pixel's footprint (half of it:
@@ -235,8 +240,8 @@ class GroundTexture:
     def _merge(self, keys: torch.Tensor, colors: torch.Tensor, areas: torch.Tensor) -> None:
         """Fold a write's cells (sorted unique cell ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
         self.write_count += 1
-        levels, cells = _unpack(keys)
-        tiles, inverse = torch.unique(_pack(torch.div(cells, TILE, rounding_mode="floor"), levels), sorted=True,
+        levels, cells = unpack_keys(keys)
+        tiles, inverse = torch.unique(pack_keys(torch.div(cells, TILE, rounding_mode="floor"), levels), sorted=True,
                                       return_inverse=True)
         self._add_tiles(tiles)
         row = torch.searchsorted(self.keys, tiles)[inverse]
@@ -328,7 +333,7 @@ class GroundTexture:
         if tiles is not None:
             keys, colors, states = keys[tiles], colors[tiles], states[tiles]
         held = states > 0                                                                   # [M,T*T]
-        levels, corners = _unpack(keys)
+        levels, corners = unpack_keys(keys)
         within = torch.arange(TILE * TILE, device=self.device)
         offsets = torch.stack([within % TILE, torch.div(within, TILE, rounding_mode="floor")], dim=1)   # [T*T,2]
         coordinates = (corners[:, None, :] * TILE + offsets)[held]
@@ -380,8 +385,8 @@ def _tiles_from_cells(cells: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             and all(cells[name].shape == (count,) for name in ("weights", "areas", "last_written"))
             and bool((weights > 0).all()) and bool((weights <= _WEIGHT_BITS).all())):
         raise ValueError("ground texture cells have inconsistent shapes, types or weights")
-    levels, coordinates = _unpack(keys)
-    tiles, row = torch.unique(_pack(torch.div(coordinates, TILE, rounding_mode="floor"), levels), sorted=True,
+    levels, coordinates = unpack_keys(keys)
+    tiles, row = torch.unique(pack_keys(torch.div(coordinates, TILE, rounding_mode="floor"), levels), sorted=True,
                               return_inverse=True)
     cell = (coordinates[:, 1] % TILE) * TILE + coordinates[:, 0] % TILE
     colors = torch.zeros((len(tiles), TILE * TILE, 3), dtype=torch.uint8)
@@ -433,7 +438,7 @@ class Clipmap:
         """The windows of ``texture``'s levels centred on the floor point ``centre [2]``."""
         clipmap = cls(centre, texture._cell_size(torch.arange(texture.config.levels, device=texture.device)),
                       texture.config.clipmap_size)
-        tile_levels, corners = _unpack(texture.keys)
+        tile_levels, corners = unpack_keys(texture.keys)
         first = corners * TILE - clipmap.origin[tile_levels]             # each tile's first cell in its window
         overlapping = ((first > -TILE) & (first < clipmap.size)).all(1)
         clipmap.paste(*texture.cells(torch.nonzero(overlapping).squeeze(1)))
