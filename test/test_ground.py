@@ -166,6 +166,19 @@ def test_writes_paste_into_the_read_window_what_a_new_cut_would_hold() -> None:
     assert torch.equal(pasted.flags, fresh.flags) and torch.equal(pasted.texels, fresh.texels)
 
 
+def test_cameras_apart_keep_their_own_read_windows() -> None:
+    ground = GroundTexture()
+    here, there = looking_down(), looking_down(x=6.0)
+    write(ground, here)
+    write(ground, there, solid(GREEN))
+    render(ground, here)
+    first = ground.clipmap
+    assert torch.allclose(render(ground, there)[0], solid(GREEN))  # another window for the other camera...
+    assert ground.clipmap is not first and ground.cache_nbytes == 2 * 4 * (4 * 2 * 128 * 128 + 4 * 4 * 129 * 128)
+    render(ground, here)
+    assert ground.clipmap is first  # ...and the first one kept, not cut anew
+
+
 def test_floor_beyond_the_read_window_is_not_painted() -> None:
     ground = GroundTexture(GroundTextureConfig(levels=1, clipmap_size=8))  # a window of 8 cells of 4 cm
     write(ground, looking_down())  # 1 m of floor across

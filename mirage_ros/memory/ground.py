@@ -53,6 +53,9 @@ SEAM_SIGMA, SEAM_SUPPORT = 6.0, 0.25
 TILE = 4
 _WEIGHT_BITS, _SHOWN_BIT = 0x7F, 0x80
 FIELDS = ("keys", "colors", "states", "last_written")
+#: Read caches (``Clipmap``) kept, the most recently read first: one for each place being looked at, so several
+#: robots' cameras apart do not cut one anew for each other every step.
+CLIPMAPS_KEPT = 4
 #: The fields of format 4 files (cell by cell), which ``load_state`` converts.
 _CELL_FIELDS = ("keys", "colors", "weights", "areas", "last_written")
 
@@ -147,7 +150,7 @@ class GroundTexture:
         self.states = torch.zeros((0, TILE * TILE), dtype=torch.uint8, device=self.device)  # 0: an empty cell
         self.last_written = torch.zeros(0, dtype=torch.int32, device=self.device)
         self.write_count = 0
-        self._clipmap: Clipmap | None = None  # cut on the next read
+        self._clipmaps: list[Clipmap] = []  # read caches, the most recently read first; cut on reads
 
     def __len__(self) -> int:
         """Cells held."""
@@ -160,15 +163,14 @@ class GroundTexture:
 
     @property
     def clipmap(self) -> Clipmap | None:
-        """The read cache held now (``None`` before the first read, or after tiles were dropped): rebuilt from the
-        cells on demand, not part of what the texture keeps or saves."""
-        return self._clipmap
+        """The read cache of the last read (``None`` before the first read, or after tiles were dropped): rebuilt
+        from the cells on demand, not part of what the texture keeps or saves."""
+        return self._clipmaps[0] if self._clipmaps else None
 
     @property
     def cache_nbytes(self) -> int:
-        """Bytes of the read cache held now (``clipmap``)."""
-        clipmap = self._clipmap
-        return 0 if clipmap is None else sum(t.element_size() * t.numel() for t in (clipmap.flags, clipmap.texels))
+        """Bytes of the read caches held now (up to ``CLIPMAPS_KEPT`` clipmaps)."""
+        return sum(t.element_size() * t.numel() for clipmap in self._clipmaps for t in (clipmap.flags, clipmap.texels))
 
     # ------------------------------------------------------------------ keys
     def _cell_size(self, level: int | torch.Tensor) -> float | torch.Tensor:
@@ -254,10 +256,10 @@ class GroundTexture:
         self.colors[row, cell] = fused
         self.states[row, cell] = (prior + 1).to(torch.uint8) | (shown.to(torch.uint8) * _SHOWN_BIT)
         self.last_written[row] = self.write_count
-        if self._clipmap is not None:
-            self._clipmap.paste(levels, cells, fused, shown)
+        for clipmap in self._clipmaps:
+            clipmap.paste(levels, cells, fused, shown)
         if len(self) > self.config.capacity:  # drop the least recently written (a tenth more: not every write)
-            self._clipmap = None
+            self._clipmaps = []
             recent = torch.argsort(self.last_written, descending=True, stable=True)
             held = (self.states[recent] > 0).sum(1).cumsum(0)
             keep = torch.sort(recent[held <= int(0.9 * self.config.capacity)]).values  # keys stay sorted
@@ -317,13 +319,16 @@ class GroundTexture:
         return torch.where(known, mixed[:3] / mixed[3].clamp_min(1e-6), 0.0), known
 
     def _clipmap_for(self, xy: torch.Tensor, footprint: torch.Tensor, wanted: torch.Tensor) -> "Clipmap":
-        """The clipmap to read ``xy`` from: the last one while the view's nearest floor point (smallest footprint)
-        stays within an eighth of its window of the centre it was cut around, else a new one cut around that point."""
+        """The clipmap to read ``xy`` from: one whose centre the view's nearest floor point (smallest footprint) is
+        within an eighth of its window of, else a new one cut around that point. The ``CLIPMAPS_KEPT`` most recently
+        read are kept: cameras in different places (several robots) each keep theirs."""
         nearest = torch.where(wanted, footprint, torch.inf).reshape(-1).argmin()
         centre = xy.reshape(-1, 2)[nearest]
-        clipmap = self._clipmap
-        if clipmap is None or float((centre - clipmap.centre).abs().max()) > clipmap.recentre_distance:
-            clipmap = self._clipmap = Clipmap.cut(self, centre)
+        index = next((index for index, clipmap in enumerate(self._clipmaps)
+                      if float((centre - clipmap.centre).abs().max()) <= clipmap.recentre_distance), None)
+        clipmap = Clipmap.cut(self, centre) if index is None else self._clipmaps.pop(index)
+        self._clipmaps.insert(0, clipmap)
+        del self._clipmaps[CLIPMAPS_KEPT:]
         return clipmap
 
     def cells(self, tiles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -373,7 +378,7 @@ class GroundTexture:
             raise ValueError("ground texture tiles are unsorted or their cells' states invalid")
         self._set_state({name: state[name].to(self.device) for name in FIELDS})
         self.write_count = write_count
-        self._clipmap = None
+        self._clipmaps = []
 
 
 def _tiles_from_cells(cells: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -408,8 +413,8 @@ class Clipmap:
     spans ``clipmap_size`` cells of its level, so fine levels, read only near the camera, need little of it;
     floor beyond the coarsest level's window (20 m with the defaults) is not painted. Cut anew when the view
     moves on or tiles are dropped (``_clipmap_for``; about 1 ms); a write pastes the cells it changes. The cells
-    themselves stay what the texture keeps and saves. A read cache, not memory: 1.5 MiB with the defaults,
-    whatever the texture holds."""
+    themselves stay what the texture keeps and saves. A read cache, not memory: 1.5 MiB each with the defaults,
+    whatever the texture holds (``CLIPMAPS_KEPT`` at most)."""
 
     def __init__(self, centre: torch.Tensor, cell_sizes: torch.Tensor, size: int) -> None:
         """Empty windows of ``size`` cells of each level (``cell_sizes [L]``) centred on the floor point ``centre``."""
