@@ -98,6 +98,14 @@ def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keys >> (2 * _BITS), torch.stack([(keys >> _BITS) & mask, keys & mask], dim=1) - _OFFSET
 
 
+def tiles_of(levels: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tiles holding the cells of ``levels [N]`` at ``cells [N,2]`` (``unpack_keys``): their sorted unique tile
+    keys, each cell's index among them and its place within its tile (row-major, ``TILE`` x ``TILE``)."""
+    tiles, tile = torch.unique(pack_keys(torch.div(cells, TILE, rounding_mode="floor"), levels), sorted=True,
+                               return_inverse=True)
+    return tiles, tile, (cells[:, 1] % TILE) * TILE + cells[:, 0] % TILE
+
+
 def interior(pixels: torch.Tensor) -> torch.Tensor:
     """The ``pixels [H,W]`` whose eight neighbours (those in the image) are in the set too: what a frame shows
     of the floor is written without its border, where a pixel mixes the floor with the foot of a wall or box
@@ -111,8 +119,8 @@ def opened(pixels: torch.Tensor) -> torch.Tensor:
     ``interior``, grown back by a pixel within the set). Seen from another pose, the edge of the far floor a view
     showed frays into thin rays of known pixels among unknown ones: painted, they streak the floor (``make run``
     with ``start_views: 1``); left to the model, ``seam_correction`` shades them into the painted floor."""
-    grown = F.avg_pool2d(interior(pixels)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0  # (max_pool2d: 5x
-    # the time on a CPU)
+    # Grown by an average over 3x3 (> 0), not max_pool2d: five times the time on a CPU.
+    grown = F.avg_pool2d(interior(pixels)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
     return pixels & grown
 
 
@@ -177,12 +185,9 @@ class GroundTexture:
         """Metres of a ``level``'s cells (an int, or a tensor of levels)."""
         return self.config.cell_size * 2.0 ** level
 
-    def _keys(self, xy: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
-        """The keys of the cells of ``level`` (an int, or levels broadcast against ``xy [..., 2]``) holding ``xy``."""
-        size = self._cell_size(level)
-        if isinstance(size, torch.Tensor):
-            size = size[..., None]
-        return pack_keys(torch.floor(xy / size).long(), level)
+    def _keys(self, xy: torch.Tensor, level: int) -> torch.Tensor:
+        """The keys of the cells of ``level`` holding the floor points ``xy [..., 2]``."""
+        return pack_keys(torch.floor(xy / self._cell_size(level)).long(), level)
 
     def _finest_level(self, footprint: torch.Tensor) -> torch.Tensor:
         """Per pixel, the finest level whose cells are at least about the pixel's footprint (half of it:
@@ -243,11 +248,9 @@ class GroundTexture:
         """Fold a write's cells (sorted unique cell ``keys``, ``colors`` in [0, 1], shown ``areas``) into the texture."""
         self.write_count += 1
         levels, cells = unpack_keys(keys)
-        tiles, inverse = torch.unique(pack_keys(torch.div(cells, TILE, rounding_mode="floor"), levels), sorted=True,
-                                      return_inverse=True)
+        tiles, inverse, cell = tiles_of(levels, cells)
         self._add_tiles(tiles)
         row = torch.searchsorted(self.keys, tiles)[inverse]
-        cell = (cells[:, 1] % TILE) * TILE + cells[:, 0] % TILE
         state = self.states[row, cell]
         prior = (state & _WEIGHT_BITS).float().clamp_max(self.config.max_weight)  # 0 for a cell not held yet
         fused = (self.colors[row, cell].float() * prior[:, None] + (colors * 255).round()) / (prior + 1)[:, None]
@@ -390,10 +393,7 @@ def _tiles_from_cells(cells: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             and all(cells[name].shape == (count,) for name in ("weights", "areas", "last_written"))
             and bool((weights > 0).all()) and bool((weights <= _WEIGHT_BITS).all())):
         raise ValueError("ground texture cells have inconsistent shapes, types or weights")
-    levels, coordinates = unpack_keys(keys)
-    tiles, row = torch.unique(pack_keys(torch.div(coordinates, TILE, rounding_mode="floor"), levels), sorted=True,
-                              return_inverse=True)
-    cell = (coordinates[:, 1] % TILE) * TILE + coordinates[:, 0] % TILE
+    tiles, row, cell = tiles_of(*unpack_keys(keys))
     colors = torch.zeros((len(tiles), TILE * TILE, 3), dtype=torch.uint8)
     states = torch.zeros((len(tiles), TILE * TILE), dtype=torch.uint8)
     colors[row, cell] = cells["colors"]

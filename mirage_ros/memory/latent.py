@@ -42,10 +42,9 @@ from mirage_ros.memory.protocol import OBSERVED_SHARE, Frame, MemoryStats, Memor
 
 FORMAT_VERSION = 5
 #: Files of format 4 kept the ground texture cell by cell (converted to tiles on load) and each token's last
-#: read as int64 (int32 since), as formats 2 and 3 did.
+#: read as int64 (int32 since), as formats 2 and 3 did; files of format 3 had no ground texture (they load with
+#: an empty one).
 _FORMAT_INT64_READS = ("2", "3", "4")
-#: Files of format 3 had no ground texture; they load with an empty one.
-_FORMAT_WITHOUT_GROUND = "3"
 #: Files of format 2 had no provenance; they load with every token imagined (``observed`` 0).
 _FORMAT_WITHOUT_PROVENANCE = "2"
 _BITS = 21

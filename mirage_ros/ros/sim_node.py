@@ -148,7 +148,7 @@ PARAMETERS = [
                   "it lie on it): the floor is where the camera's known height and pitch put it; there it shows the "
                   "colours it was shown with (the memory's ground texture).", read_only=True),
     ParameterSpec("ground_texture", True, "With clamp_to_floor and the latent memory: keep the floor's colours "
-                  "top-down and paint them where the floor is seen again (about 3 ms a step on 2 CPU cores; the "
+                  "top-down and paint them where the floor is seen again (about 2 ms a step on 2 CPU cores; the "
                   "tokens alone draw the floor softer).", read_only=True),
     ParameterSpec("floor_height", 0.0, "Height of the floor in odom_frame (m); 0 when base_link is on the floor.",
                   read_only=True, low=-100.0, high=100.0),
